@@ -1,0 +1,158 @@
+//! Taking one backup: source → seal (zstd, age) → storage, then the manifest.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+use crate::manifest::{self, Manifest};
+use crate::pipeline::Sealing;
+use crate::source::Source;
+use crate::storage::{self, IncompleteBody, Storage, body_channel};
+
+/// Chunks handed from the pipeline to storage; with `CHUNK_DEPTH` they bound
+/// the memory a backup in flight holds between the two.
+const CHUNK_SIZE: usize = 1 << 20;
+const CHUNK_DEPTH: usize = 8;
+
+/// Where a backup failed: a fixed set, used as a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Source,
+    Pipeline,
+    Storage,
+    Retention,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [
+        Stage::Source,
+        Stage::Pipeline,
+        Stage::Storage,
+        Stage::Retention,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Source => "source",
+            Stage::Pipeline => "pipeline",
+            Stage::Storage => "storage",
+            Stage::Retention => "retention",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}")]
+pub struct BackupError {
+    pub stage: Stage,
+    pub error: anyhow::Error,
+}
+
+fn at(stage: Stage) -> impl FnOnce(anyhow::Error) -> BackupError {
+    move |error| BackupError { stage, error }
+}
+
+/// Takes one backup of `source` into `storage` and returns its manifest.
+/// On failure nothing is left that a reader could mistake for a backup.
+pub async fn take_backup(
+    mut source: Box<dyn Source>,
+    sealing: Arc<Sealing>,
+    storage: &dyn Storage,
+    vcluster: &str,
+) -> Result<Manifest, BackupError> {
+    let started = Utc::now();
+    let clock = Instant::now();
+    let kind = source.kind();
+    let name = manifest::backup_name(vcluster, started, kind, sealing.recipients.is_some());
+    let described = source.describe();
+    tracing::info!(backup = %name, source = %described, destination = %storage.location(), "backup started");
+
+    let (writer, body) = body_channel(CHUNK_SIZE, CHUNK_DEPTH);
+    let seal = Arc::clone(&sealing);
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut source_failed = false;
+        let sealed = seal.seal(writer, |out| {
+            source.snapshot(out).inspect_err(|_| source_failed = true)
+        });
+        match sealed {
+            Ok(sealed) => {
+                let finished = sealed.out.finish().context("hand the backup to storage");
+                finished
+                    .map(|()| (sealed.facts, sealed.plaintext, sealed.stored))
+                    .map_err(at(Stage::Storage))
+            }
+            Err(err) if source_failed => Err(at(Stage::Source)(err)),
+            Err(err) => Err(at(Stage::Pipeline)(err)),
+        }
+    });
+    let upload = storage.put(&name, body);
+    let (produced, uploaded) = tokio::join!(producer, upload);
+    let produced = produced
+        .context("backup pipeline panicked")
+        .map_err(at(Stage::Pipeline))
+        .and_then(|r| r);
+    // When storage fails, the pipeline only sees a closed channel: storage's error is the cause.
+    let (facts, plaintext, stored) = match (produced, uploaded) {
+        (Ok(done), Ok(())) => done,
+        (_, Err(err)) if !IncompleteBody::is_cause_of(&err) => {
+            return Err(BackupError {
+                stage: Stage::Storage,
+                error: err.context(format!("store {name} in {}", storage.location())),
+            });
+        }
+        (Err(err), _) => return Err(err),
+        (Ok(_), Err(err)) => return Err(at(Stage::Storage)(err)),
+    };
+
+    let manifest = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        name: name.clone(),
+        vcluster: vcluster.to_string(),
+        kind,
+        started,
+        finished: Utc::now(),
+        size: plaintext.size,
+        sha256: plaintext.sha256,
+        stored_size: stored.size,
+        stored_sha256: stored.sha256,
+        compression: manifest::Compression {
+            algorithm: "zstd".into(),
+            level: sealing.compression.level,
+        },
+        encryption: sealing.recipients.as_ref().map(|r| manifest::Encryption {
+            algorithm: "age".into(),
+            recipients: r.texts().to_vec(),
+        }),
+        revision: facts.revision,
+        etcd: facts.etcd,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let written =
+        async { storage::put_bytes(storage, &manifest.manifest_key(), manifest.to_json()?).await }
+            .await;
+    if let Err(err) = written {
+        // Without its manifest the backup is not listed; do not leave it lying around.
+        let _ = storage.delete(&name).await;
+        return Err(BackupError {
+            stage: Stage::Storage,
+            error: err.context(format!(
+                "store manifest of {name} in {}",
+                storage.location()
+            )),
+        });
+    }
+
+    let seconds = clock.elapsed().as_secs_f64();
+    tracing::info!(
+        backup = %name,
+        size = manifest.size,
+        stored_size = manifest.stored_size,
+        revision = manifest.revision,
+        duration_seconds = format!("{seconds:.2}"),
+        throughput_mib_per_second = format!("{:.1}", manifest.size as f64 / 1048576.0 / seconds.max(1e-6)),
+        "backup complete"
+    );
+    Ok(manifest)
+}

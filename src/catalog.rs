@@ -1,0 +1,115 @@
+//! The backups a storage holds, read from their manifests. Listing, choosing
+//! a backup to restore and retention all start here, for every backend.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, bail};
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_SUFFIX, Manifest, rfc3339};
+use crate::storage::{self, ObjectNotFound, Storage};
+
+/// Manifests fetched at once when listing: thousands of backups list in seconds.
+const MANIFEST_FETCHES: usize = 16;
+
+/// Every complete backup (object and manifest both present), newest first.
+pub async fn list_backups(storage: &dyn Storage) -> Result<Vec<Manifest>> {
+    let objects = storage.list().await?;
+    let sizes: HashMap<&str, u64> = objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    let manifest_keys: Vec<&str> = objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|key| {
+            key.strip_suffix(MANIFEST_SUFFIX)
+                .is_some_and(|b| sizes.contains_key(b))
+        })
+        .collect();
+    let fetched: Vec<Option<Manifest>> = stream::iter(manifest_keys)
+        .map(|key| async move {
+            match storage::get_bytes(storage, key, MANIFEST_MAX_BYTES).await {
+                Ok(data) => match Manifest::from_json(&data, key) {
+                    Ok(manifest) => Ok(Some(manifest)),
+                    // A foreign or damaged manifest must not hide every other backup.
+                    Err(err) => {
+                        tracing::warn!("skipping {key}: {err:#}");
+                        Ok(None)
+                    }
+                },
+                // Deleted between listing and reading (retention running elsewhere).
+                Err(err) if err.is::<ObjectNotFound>() => Ok(None),
+                Err(err) => Err(err),
+            }
+        })
+        .buffer_unordered(MANIFEST_FETCHES)
+        .try_collect()
+        .await?;
+    let mut backups: Vec<Manifest> = fetched
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            let consistent = sizes.get(m.name.as_str()) == Some(&m.stored_size);
+            if !consistent {
+                tracing::warn!(backup = %m.name, "skipping backup whose stored size differs from its manifest");
+            }
+            consistent
+        })
+        .collect();
+    backups.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| b.name.cmp(&a.name)));
+    Ok(backups)
+}
+
+/// Which backup an operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Latest,
+    Named(String),
+    /// The newest backup taken at or before this time.
+    At(DateTime<Utc>),
+}
+
+impl Selector {
+    pub fn new(name: Option<&str>, at: Option<DateTime<Utc>>) -> Result<Self> {
+        match (name, at) {
+            (Some(name), Some(_)) if name != "latest" => {
+                bail!("give either a backup name or --at, not both")
+            }
+            (_, Some(at)) => Ok(Selector::At(at)),
+            (None | Some("latest"), None) => Ok(Selector::Latest),
+            (Some(name), None) => Ok(Selector::Named(
+                name.strip_suffix(MANIFEST_SUFFIX)
+                    .unwrap_or(name)
+                    .to_string(),
+            )),
+        }
+    }
+}
+
+/// Picks one backup from `backups` (newest first).
+pub fn select<'a>(
+    backups: &'a [Manifest],
+    selector: &Selector,
+    location: &str,
+) -> Result<&'a Manifest> {
+    let found = match selector {
+        Selector::Latest => backups.first(),
+        Selector::Named(name) => backups.iter().find(|m| &m.name == name),
+        Selector::At(at) => backups.iter().find(|m| m.started <= *at),
+    };
+    match (found, selector) {
+        (Some(manifest), _) => Ok(manifest),
+        (None, _) if backups.is_empty() => bail!("no backups in {location}"),
+        (None, Selector::Named(name)) => {
+            bail!("no backup named {name:?} in {location}; `vcbackup list` shows the backups there")
+        }
+        (None, Selector::At(at)) => bail!(
+            "no backup taken at or before {} in {location}; the oldest is from {}",
+            rfc3339(*at),
+            backups
+                .last()
+                .map(|m| rfc3339(m.started))
+                .unwrap_or_default()
+        ),
+        (None, Selector::Latest) => unreachable!("backups is not empty"),
+    }
+}

@@ -1,0 +1,290 @@
+//! Command-line interface. Every option is also an environment variable
+//! `VCBACKUP_<NAME>`, since a Helm sidecar is configured through `env:`.
+//! Arguments are checked and turned into typed values (`resolve`) before
+//! anything runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::catalog::Selector;
+use crate::pipeline::{Compression, Identities, Recipients, Sealing};
+use crate::source::SourceSpec;
+use crate::storage::Destination;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vcbackup",
+    version,
+    about = "Consistent, encrypted backups of a vCluster control plane's backing store",
+    long_about = "Consistent, encrypted backups of a vCluster control plane's backing store.\n\n\
+        Copies kine's SQLite database (or an etcd snapshot) while the control plane runs, \
+        compresses it with zstd, encrypts it with age to public keys only, and stores it in \
+        S3 or a directory. The same binary lists, decrypts and restores backups."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "VCBACKUP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter, as in RUST_LOG (e.g. `info`, `vcbackup=debug`).
+    #[arg(long, env = "VCBACKUP_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take one backup now and exit.
+    Backup(BackupArgs),
+    /// List the backups in the destination, newest first.
+    List(ListArgs),
+    /// Decrypt and decompress one downloaded backup file (offline; no storage needed).
+    Decrypt(DecryptArgs),
+    /// Restore a backup from the destination to a file, verified before it replaces anything.
+    Restore(RestoreArgs),
+}
+
+/// Where backups live.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Where backups go: `file:///DIR`. Backups of one virtual cluster live under `<destination>/<name>/`.
+    #[arg(long, env = "VCBACKUP_DESTINATION", value_name = "URL")]
+    pub destination: String,
+
+    /// The virtual cluster's name, used in object names and as the folder under the destination.
+    /// [default: this pod's name without its StatefulSet ordinal, e.g. `demo` in pod `demo-0`]
+    #[arg(long, env = "VCBACKUP_NAME")]
+    pub name: Option<String>,
+}
+
+/// Where a backup comes from and how it is sealed.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backing store: the path of kine's SQLite database (`/data/state.db` in a vCluster pod,
+    /// `/data/server/db/state.db` with the k3s distro).
+    #[arg(long, env = "VCBACKUP_SOURCE", value_name = "PATH")]
+    pub source: String,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub sealing: SealingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SealingArgs {
+    /// Encrypt to this public key: an age X25519 recipient (`age1…`) or an SSH public key
+    /// (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable; in the environment, comma- or newline-separated.
+    #[arg(long = "recipient", env = "VCBACKUP_RECIPIENTS", value_name = "KEY")]
+    pub recipients: Vec<String>,
+
+    /// A file of recipients, one per line (`#` starts a comment). Repeatable.
+    #[arg(
+        long = "recipients-file",
+        env = "VCBACKUP_RECIPIENTS_FILE",
+        value_name = "FILE"
+    )]
+    pub recipients_files: Vec<PathBuf>,
+
+    /// Store backups unencrypted. Without this, a recipient is required.
+    #[arg(long, env = "VCBACKUP_NO_ENCRYPTION")]
+    pub no_encryption: bool,
+
+    /// zstd compression level, 1 to 19. Levels above 6 are too slow for a sidecar.
+    #[arg(long, env = "VCBACKUP_COMPRESSION_LEVEL", default_value_t = 3)]
+    pub compression_level: i32,
+
+    /// zstd worker threads.
+    #[arg(long, env = "VCBACKUP_COMPRESSION_THREADS", default_value_t = 2)]
+    pub compression_threads: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Output format.
+    #[arg(long, short, env = "VCBACKUP_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// The private key that opens the backup: an age identity file (`AGE-SECRET-KEY-1…`, from
+    /// age-keygen) or an unencrypted OpenSSH private key. Not needed for unencrypted backups.
+    #[arg(long, short, env = "VCBACKUP_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// The backup file, or `-` for standard input. [default: standard input]
+    #[arg(value_name = "FILE|-")]
+    pub input: Option<PathBuf>,
+
+    /// Where the plaintext goes, or `-` for standard output. [default: standard output]
+    #[arg(long, short, value_name = "OUT|-")]
+    pub output: Option<PathBuf>,
+
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup to restore: a name from `vcbackup list`, or `latest`.
+    #[arg(value_name = "NAME|latest", default_value = "latest")]
+    pub backup: String,
+
+    /// Restore the newest backup taken at or before this time (RFC 3339, e.g. 2026-11-20T08:00:00Z).
+    #[arg(long, env = "VCBACKUP_RESTORE_AT", value_name = "TIME")]
+    pub at: Option<String>,
+
+    /// The file to write: kine's state.db (stop the control plane first).
+    #[arg(long, env = "VCBACKUP_RESTORE_TO", value_name = "PATH")]
+    pub to: PathBuf,
+
+    /// Replace the target if it exists.
+    #[arg(long, env = "VCBACKUP_RESTORE_FORCE", conflicts_with = "if_missing")]
+    pub force: bool,
+
+    /// Do nothing, successfully, if the target exists (for an init container).
+    #[arg(long, env = "VCBACKUP_RESTORE_IF_MISSING")]
+    pub if_missing: bool,
+
+    /// Move kine's revision forward by this much after restoring, so that clients that watched
+    /// the old store never see revisions go backwards (as `vcluster restore` does). 0 keeps it.
+    #[arg(long, env = "VCBACKUP_BUMP_REVISION", default_value_t = 1000)]
+    pub bump_revision: u64,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// Where backups of one virtual cluster live, checked.
+pub struct Target {
+    pub destination: Destination,
+    pub vcluster: String,
+}
+
+impl StorageArgs {
+    pub fn resolve(&self) -> Result<Target> {
+        let destination = Destination::parse(&self.destination)?;
+        let vcluster = match &self.name {
+            Some(name) => name.clone(),
+            None => default_vcluster_name()?,
+        };
+        check_vcluster_name(&vcluster)?;
+        Ok(Target {
+            destination,
+            vcluster,
+        })
+    }
+}
+
+impl SealingArgs {
+    pub fn resolve(&self) -> Result<Arc<Sealing>> {
+        let compression = Compression::new(self.compression_level, self.compression_threads)?;
+        let recipients = Recipients::parse(&self.recipients, &self.recipients_files)?;
+        let recipients = match (recipients.is_empty(), self.no_encryption) {
+            (false, false) => Some(recipients),
+            (true, true) => None,
+            (true, false) => bail!(
+                "no recipient: give --recipient age1… (or VCBACKUP_RECIPIENTS) with the public key backups are encrypted to, or --no-encryption to store them unencrypted"
+            ),
+            (false, true) => bail!("--no-encryption contradicts the recipients given; choose one"),
+        };
+        Ok(Arc::new(Sealing {
+            compression,
+            recipients,
+        }))
+    }
+}
+
+impl BackupArgs {
+    pub fn source(&self) -> Result<SourceSpec> {
+        SourceSpec::parse(&self.source)
+    }
+}
+
+impl IdentityArgs {
+    pub fn load(&self) -> Result<Option<Identities>> {
+        self.identity.as_deref().map(Identities::load).transpose()
+    }
+}
+
+impl RestoreArgs {
+    pub fn selector(&self) -> Result<Selector> {
+        let at = self.at.as_deref().map(parse_time).transpose()?;
+        Selector::new(Some(&self.backup), at)
+    }
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .with_context(|| {
+            format!("invalid time {text:?}: expected RFC 3339, e.g. 2026-11-20T08:00:00Z")
+        })
+}
+
+/// In a vCluster pod the hostname is the StatefulSet pod `<release>-<ordinal>`.
+fn default_vcluster_name() -> Result<String> {
+    let hostname = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .context("no --name given and the hostname is unknown: set --name or VCBACKUP_NAME to the virtual cluster's name")?;
+    Ok(match hostname.rsplit_once('-') {
+        Some((release, ordinal))
+            if !release.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            release.to_string()
+        }
+        _ => hostname,
+    })
+}
+
+fn check_vcluster_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.']);
+    if !valid {
+        bail!(
+            "invalid name {name:?}: expected the virtual cluster's name (lowercase letters, digits, '-' and '.')"
+        );
+    }
+    Ok(())
+}

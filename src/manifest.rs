@@ -1,0 +1,144 @@
+//! The manifest: the contract between backup and restore. It lies beside
+//! each backup as `<backup>.json` and is written only after the backup itself,
+//! so a backup with a manifest is always complete.
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_SUFFIX: &str = ".json";
+/// A manifest is a few hundred bytes; anything far larger is not one of ours.
+pub const MANIFEST_MAX_BYTES: u64 = 1 << 20;
+
+/// What kind of backing store a backup came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// kine's SQLite database, copied page by page.
+    Sqlite,
+    /// An etcd snapshot, with etcd's trailing SHA-256.
+    Etcd,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Sqlite => "sqlite",
+            SourceKind::Etcd => "etcd",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Facts about an etcd snapshot, recorded for the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdFacts {
+    pub cluster_id: String,
+    pub member_id: String,
+    pub server_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub algorithm: String,
+    /// The public keys the backup is encrypted to: they tell an operator which identity opens it.
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// The backup's object name.
+    pub name: String,
+    pub vcluster: String,
+    pub kind: SourceKind,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    /// Plaintext (the database or snapshot file) size and SHA-256.
+    pub size: u64,
+    pub sha256: String,
+    /// What storage holds: compressed and, usually, encrypted.
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    pub compression: Compression,
+    pub encryption: Option<Encryption>,
+    /// The store's revision at the snapshot: the largest `kine.id`, or etcd's header revision.
+    pub revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdFacts>,
+    pub agent_version: String,
+}
+
+impl Manifest {
+    pub fn manifest_key(&self) -> String {
+        manifest_key(&self.name)
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        let mut json = serde_json::to_vec_pretty(self).context("encode manifest")?;
+        json.push(b'\n');
+        Ok(json)
+    }
+
+    pub fn from_json(data: &[u8], key: &str) -> Result<Self> {
+        let manifest: Manifest =
+            serde_json::from_slice(data).with_context(|| format!("read manifest {key}"))?;
+        if manifest.format_version > FORMAT_VERSION {
+            bail!(
+                "read manifest {key}: format version {} is newer than this vcbackup understands ({FORMAT_VERSION}); upgrade vcbackup",
+                manifest.format_version
+            );
+        }
+        Ok(manifest)
+    }
+}
+
+pub fn manifest_key(backup_name: &str) -> String {
+    format!("{backup_name}{MANIFEST_SUFFIX}")
+}
+
+/// The object name of a backup: `<vcluster>-<UTC time>-<kind>.zst[.age]`.
+/// Fixed-width UTC timestamps make names sort by time.
+pub fn backup_name(
+    vcluster: &str,
+    started: DateTime<Utc>,
+    kind: SourceKind,
+    encrypted: bool,
+) -> String {
+    let stamp = started.format("%Y%m%dT%H%M%S%.3fZ");
+    let suffix = if encrypted { ".zst.age" } else { ".zst" };
+    format!("{vcluster}-{stamp}-{kind}{suffix}")
+}
+
+pub fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn names_sort_by_time_and_say_what_they_are() {
+        let early = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let late = Utc.with_ymd_and_hms(2026, 11, 2, 3, 4, 5).unwrap();
+        let a = backup_name("demo", early, SourceKind::Sqlite, true);
+        let b = backup_name("demo", late, SourceKind::Etcd, false);
+        assert_eq!(a, "demo-20260102T030405.000Z-sqlite.zst.age");
+        assert_eq!(b, "demo-20261102T030405.000Z-etcd.zst");
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,45 @@
+//! zstd, in the standard frame format (`zstd -d` reads it), with the content
+//! checksum on so a corrupt backup fails to decompress instead of restoring garbage.
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, Result, bail};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Compression {
+    pub level: i32,
+    pub threads: u32,
+}
+
+impl Compression {
+    pub fn new(level: i32, threads: u32) -> Result<Self> {
+        // Above level 19 needs --ultra memory; levels past 6 are too slow for a sidecar anyway.
+        if !(1..=19).contains(&level) {
+            bail!("invalid compression level {level}: expected 1 to 19 (3 is the default)");
+        }
+        if threads == 0 {
+            bail!("invalid compression threads 0: expected 1 or more");
+        }
+        Ok(Compression { level, threads })
+    }
+
+    pub fn compress<W: Write>(&self, out: W) -> Result<zstd::stream::write::Encoder<'static, W>> {
+        let mut encoder =
+            zstd::stream::write::Encoder::new(out, self.level).context("start compression")?;
+        encoder
+            .include_checksum(true)
+            .context("start compression")?;
+        if self.threads > 1 {
+            encoder
+                .multithread(self.threads)
+                .context("start compression")?;
+        }
+        Ok(encoder)
+    }
+}
+
+pub fn decompress<R: Read>(input: R) -> Result<impl Read> {
+    let decoder = zstd::stream::read::Decoder::new(input).context("start decompression")?;
+    // Our frames are single; a concatenation would mean something else was appended.
+    Ok(decoder.single_frame())
+}

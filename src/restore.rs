@@ -1,0 +1,319 @@
+//! Getting data back: `restore` from storage and `decrypt` of a downloaded
+//! file. Both decode into a temporary file beside the target, verify it
+//! against the manifest (and SQLite's integrity check), and only then rename
+//! it into place: a failed restore never replaces anything.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::Connection;
+use tempfile::NamedTempFile;
+use tokio_util::io::SyncIoBridge;
+
+use crate::catalog::{self, Selector};
+use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
+use crate::pipeline::{Fingerprint, Hashing, Identities, unseal};
+use crate::storage::Storage;
+
+pub struct RestoreOptions {
+    pub to: PathBuf,
+    pub force: bool,
+    pub if_missing: bool,
+    /// How far to move kine's revision forward, so watchers never see it go back.
+    pub bump_revision: u64,
+}
+
+pub enum Restored {
+    Done(Manifest),
+    /// `--if-missing` and the target exists.
+    Kept,
+}
+
+pub async fn restore(
+    storage: &dyn Storage,
+    selector: &Selector,
+    identities: Option<Identities>,
+    options: &RestoreOptions,
+) -> Result<Restored> {
+    let target = &options.to;
+    if target.exists() {
+        if options.if_missing {
+            tracing::info!(target = %target.display(), "restore target exists; nothing to do (--if-missing)");
+            return Ok(Restored::Kept);
+        }
+        if !options.force {
+            bail!(
+                "restore to {}: the file exists; pass --force to replace it, or --if-missing to keep it",
+                target.display()
+            );
+        }
+    }
+    let backups = catalog::list_backups(storage).await?;
+    let manifest = catalog::select(&backups, selector, &storage.location())?.clone();
+    let reader = storage.get(&manifest.name).await?;
+    tracing::info!(backup = %manifest.name, target = %target.display(), "restoring");
+
+    let target = target.clone();
+    let force = options.force;
+    let bump = options.bump_revision;
+    let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest> {
+        let what = manifest.name.clone();
+        let input = SyncIoBridge::new(reader);
+        let plaintext = unseal(input, identities.as_ref(), &what)?;
+        let (temp, fingerprint) = decode_beside(&target, plaintext, &what, Some(manifest.size))?;
+        verify_fingerprint(&fingerprint, &manifest, &what)?;
+        match manifest.kind {
+            SourceKind::Sqlite => prepare_sqlite(temp.path(), bump, &what)?,
+            SourceKind::Etcd => {}
+        }
+        install(temp, &target, force)?;
+        Ok(manifest)
+    })
+    .await
+    .context("restore panicked")??;
+    Ok(Restored::Done(manifest))
+}
+
+pub struct DecryptOptions {
+    /// `None` reads standard input.
+    pub input: Option<PathBuf>,
+    /// `None` writes standard output.
+    pub output: Option<PathBuf>,
+    pub force: bool,
+}
+
+/// Decrypts and decompresses one downloaded backup, checking it against the
+/// manifest beside it when there is one.
+pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Result<()> {
+    let what = match &options.input {
+        Some(path) => path.display().to_string(),
+        None => "standard input".to_string(),
+    };
+    let manifest = match &options.input {
+        Some(path) => read_manifest_beside(path)?,
+        None => None,
+    };
+    if manifest.is_none() {
+        tracing::info!(
+            "no manifest beside {what}: relying on age authentication and the zstd checksum"
+        );
+    }
+    let input: Box<dyn Read + Send> = match &options.input {
+        Some(path) => Box::new(
+            std::fs::File::open(path).with_context(|| format!("open backup {}", path.display()))?,
+        ),
+        None => Box::new(io::stdin()),
+    };
+    let plaintext = unseal(input, identities.as_ref(), &what)?;
+    match &options.output {
+        Some(target) => {
+            if target.exists() && !options.force {
+                bail!(
+                    "write {}: the file exists; pass --force to replace it",
+                    target.display()
+                );
+            }
+            let size = manifest.as_ref().map(|m| m.size);
+            let (temp, fingerprint) = decode_beside(target, plaintext, &what, size)?;
+            if let Some(manifest) = &manifest {
+                verify_fingerprint(&fingerprint, manifest, &what)?;
+            }
+            install(temp, target, options.force)
+        }
+        None => {
+            let stdout = io::stdout();
+            if stdout.is_terminal() {
+                bail!(
+                    "refusing to write a database to a terminal; pass -o FILE or redirect the output"
+                );
+            }
+            let mut out = Hashing::new(stdout.lock());
+            copy(plaintext, &mut out, &what)?;
+            out.flush().context("write standard output")?;
+            let (fingerprint, _) = out.finish();
+            if let Some(manifest) = &manifest {
+                verify_fingerprint(&fingerprint, manifest, &what)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_manifest_beside(path: &Path) -> Result<Option<Manifest>> {
+    let mut manifest_path = path.as_os_str().to_owned();
+    manifest_path.push(manifest_key(""));
+    let manifest_path = PathBuf::from(manifest_path);
+    match std::fs::metadata(&manifest_path) {
+        Ok(meta) if meta.len() > MANIFEST_MAX_BYTES => {
+            bail!(
+                "read manifest {}: too large to be a manifest",
+                manifest_path.display()
+            )
+        }
+        Ok(_) => {
+            let data = std::fs::read(&manifest_path)
+                .with_context(|| format!("read manifest {}", manifest_path.display()))?;
+            Manifest::from_json(&data, &manifest_path.display().to_string()).map(Some)
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("read manifest {}", manifest_path.display())),
+    }
+}
+
+/// Decodes into a hidden temporary file in the target's directory (so the final
+/// rename stays on one filesystem), synced, with the plaintext fingerprint.
+fn decode_beside(
+    target: &Path,
+    plaintext: Box<dyn Read + Send + '_>,
+    what: &str,
+    expected_size: Option<u64>,
+) -> Result<(NamedTempFile, Fingerprint)> {
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let file_name = target
+        .file_name()
+        .with_context(|| format!("restore to {}: not a file path", target.display()))?;
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{}.vcbackup-", file_name.to_string_lossy()))
+        .tempfile_in(dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    let progress = progress_bar(expected_size);
+    let mut out = Hashing::new(io::BufWriter::with_capacity(1 << 20, temp.as_file()));
+    let copied = copy(progress.wrap_read(plaintext), &mut out, what);
+    progress.finish_and_clear();
+    copied?;
+    let (fingerprint, writer) = out.finish();
+    writer
+        .into_inner()
+        .map_err(|err| err.into_error())
+        .and_then(|file| file.sync_all())
+        .with_context(|| format!("write {}", temp.path().display()))?;
+    Ok((temp, fingerprint))
+}
+
+fn copy(mut plaintext: impl Read, out: &mut impl Write, what: &str) -> Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match plaintext.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => bail!("read {what}: the backup is truncated or corrupt ({err})"),
+        };
+        out.write_all(&buf[..n])
+            .context("write the restored data")?;
+        total += n as u64;
+    }
+}
+
+fn progress_bar(size: Option<u64>) -> indicatif::ProgressBar {
+    if !io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match size {
+        Some(size) => indicatif::ProgressBar::new(size),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn verify_fingerprint(actual: &Fingerprint, manifest: &Manifest, what: &str) -> Result<()> {
+    if actual.sha256 != manifest.sha256 || actual.size != manifest.size {
+        bail!(
+            "verify {what}: the restored data (SHA-256 {}, {} bytes) does not match its manifest (SHA-256 {}, {} bytes); nothing was replaced",
+            actual.sha256,
+            actual.size,
+            manifest.sha256,
+            manifest.size
+        );
+    }
+    Ok(())
+}
+
+/// Checks the restored database and moves kine's revision forward, like
+/// `vcluster restore`: clients that watched the old store must never see
+/// revisions go backwards.
+fn prepare_sqlite(path: &Path, bump: u64, what: &str) -> Result<()> {
+    let conn = Connection::open(path).with_context(|| format!("open restored {what}"))?;
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .with_context(|| format!("check restored {what}"))?;
+    if problems != ["ok"] {
+        bail!(
+            "check restored {what}: SQLite integrity check failed: {}; nothing was replaced",
+            problems.join("; ")
+        );
+    }
+    if bump > 0 {
+        let bump = i64::try_from(bump).context("--bump-revision is too large")?;
+        // A deleted "gap" row is what kine itself writes to fill a missing revision.
+        conn.execute(
+            "INSERT INTO kine (id, name, created, deleted, create_revision, prev_revision, lease, value, old_value)
+             SELECT max(id) + ?1, 'gap-' || (max(id) + ?1), 0, 1, 0, 0, 0, NULL, NULL FROM kine HAVING max(id) IS NOT NULL",
+            [bump],
+        )
+        .with_context(|| format!("bump the kine revision of restored {what}"))?;
+    }
+    // Fold the WAL back into the file: only the database file is moved into place.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .with_context(|| format!("checkpoint restored {what}"))?;
+    conn.close()
+        .map_err(|(_, err)| err)
+        .with_context(|| format!("close restored {what}"))?;
+    Ok(())
+}
+
+fn is_sqlite(path: &Path) -> bool {
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| &header == b"SQLite format 3\0")
+}
+
+/// Renames the verified file into place. A stale `-wal`/`-shm` of the old
+/// database would be replayed onto the new one, so they go first.
+fn install(temp: NamedTempFile, target: &Path, force: bool) -> Result<()> {
+    temp.as_file()
+        .sync_all()
+        .with_context(|| format!("sync {}", temp.path().display()))?;
+    if is_sqlite(temp.path()) {
+        for suffix in ["-wal", "-shm"] {
+            let mut stale = target.as_os_str().to_owned();
+            stale.push(suffix);
+            match std::fs::remove_file(&stale) {
+                Ok(()) => {
+                    tracing::info!(file = %Path::new(&stale).display(), "removed stale file of the replaced database")
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("remove {}", Path::new(&stale).display()));
+                }
+            }
+        }
+    }
+    let persisted = if force {
+        temp.persist(target).map(drop)
+    } else {
+        temp.persist_noclobber(target).map(drop)
+    };
+    persisted
+        .map_err(|err| err.error)
+        .with_context(|| format!("move the restored file to {}", target.display()))?;
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("sync directory {}", dir.display()))?;
+    }
+    Ok(())
+}

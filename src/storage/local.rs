@@ -1,0 +1,184 @@
+//! A directory on a local or mounted filesystem: `file:///DIR`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+
+use super::{Body, ObjectInfo, ObjectNotFound, ObjectReader, Storage};
+
+/// Objects being written carry this prefix until they are complete; listing skips them.
+const PARTIAL_PREFIX: &str = ".partial-";
+
+pub struct LocalStorage {
+    dir: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(dir: PathBuf) -> Self {
+        LocalStorage { dir }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        // Keys are our own object names; refuse anything that could leave the directory.
+        if key.is_empty() || key.contains('/') || key.starts_with('.') {
+            anyhow::bail!("invalid object name {key:?}");
+        }
+        Ok(self.dir.join(key))
+    }
+
+    async fn write_partial(&self, partial: &Path, mut body: Body) -> Result<()> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(partial)
+            .await
+            .with_context(|| format!("create {}", partial.display()))?;
+        while let Some(chunk) = body.next().await? {
+            file.write_all(&chunk)
+                .await
+                .with_context(|| format!("write {}", partial.display()))?;
+        }
+        file.sync_all()
+            .await
+            .with_context(|| format!("sync {}", partial.display()))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    fn location(&self) -> String {
+        format!("file://{}/", self.dir.display())
+    }
+
+    async fn put(&self, key: &str, body: Body) -> Result<()> {
+        let target = self.path(key)?;
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .with_context(|| format!("create directory {}", self.dir.display()))?;
+        let partial = self
+            .dir
+            .join(format!("{PARTIAL_PREFIX}{key}.{}", std::process::id()));
+        let written = self.write_partial(&partial, body).await;
+        // A hard link publishes the complete file under its name and, unlike
+        // rename, fails rather than replace an existing backup.
+        let published = match written {
+            Ok(()) => tokio::fs::hard_link(&partial, &target)
+                .await
+                .with_context(|| format!("publish {}", target.display())),
+            Err(err) => Err(err),
+        };
+        let _ = tokio::fs::remove_file(&partial).await;
+        published?;
+        sync_dir(&self.dir).await
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader> {
+        let path = self.path(key)?;
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Box::pin(file)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(ObjectNotFound {
+                key: key.to_string(),
+                location: self.location(),
+            }
+            .into()),
+            Err(err) => Err(err).with_context(|| format!("open {}", path.display())),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<ObjectInfo>> {
+        let mut entries = match tokio::fs::read_dir(&self.dir).await {
+            Ok(entries) => entries,
+            // No backup taken yet.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err).with_context(|| format!("list {}", self.dir.display())),
+        };
+        let mut objects = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .with_context(|| format!("list {}", self.dir.display()))?
+        {
+            let Ok(key) = entry.file_name().into_string() else {
+                continue;
+            };
+            if key.starts_with('.') {
+                continue;
+            }
+            let meta = entry
+                .metadata()
+                .await
+                .with_context(|| format!("stat {}", entry.path().display()))?;
+            if !meta.is_file() {
+                continue;
+            }
+            objects.push(ObjectInfo {
+                key,
+                size: meta.len(),
+                modified: meta.modified().ok().map(Into::into),
+            });
+        }
+        Ok(objects)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("delete {}", path.display())),
+        }
+    }
+}
+
+/// Makes a rename or link in `dir` durable.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("sync directory {}", dir.display()))
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{body_channel, get_bytes, put_bytes};
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn put_get_list_delete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(tmp.path().join("demo"));
+        assert!(storage.list().await.unwrap().is_empty());
+        put_bytes(&storage, "a.json", b"{}".to_vec()).await.unwrap();
+        assert_eq!(get_bytes(&storage, "a.json", 10).await.unwrap(), b"{}");
+        let listed = storage.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].key.as_str(), listed[0].size), ("a.json", 2));
+        assert!(put_bytes(&storage, "a.json", b"x".to_vec()).await.is_err());
+        assert_eq!(get_bytes(&storage, "a.json", 10).await.unwrap(), b"{}");
+        storage.delete("a.json").await.unwrap();
+        storage.delete("a.json").await.unwrap();
+        let err = storage.get("a.json").await.err().unwrap();
+        assert!(err.downcast_ref::<ObjectNotFound>().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_body_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(tmp.path().to_path_buf());
+        let (mut writer, body) = body_channel(4, 8);
+        tokio::task::spawn_blocking(move || writer.write_all(b"0123456789"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(storage.put("b", body).await.is_err());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,154 @@
+//! Where backups live. One narrow interface, [`Storage`], that every backend
+//! implements; listing, retention and restore planning are functions over it
+//! (see `catalog`), so backends never repeat them.
+
+mod body;
+mod local;
+
+use std::fmt;
+use std::pin::Pin;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+
+pub use body::{Body, IncompleteBody, body_channel};
+pub use local::LocalStorage;
+
+/// A stored object being read back.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// One object under a virtual cluster's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Name relative to the virtual cluster's prefix.
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<DateTime<Utc>>,
+}
+
+/// The objects of one virtual cluster: `<destination>/<vcluster>/<key>`.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Where objects go, for messages: `file:///backups/demo/`, `s3://bucket/prefix/demo/`.
+    fn location(&self) -> String;
+
+    /// Stores `body` under `key`. Readers see the key only once the whole body has
+    /// arrived and is durable; a body that ends early leaves nothing behind.
+    async fn put(&self, key: &str, body: Body) -> Result<()>;
+
+    /// Reads an object back; fails with [`ObjectNotFound`] if it does not exist.
+    async fn get(&self, key: &str) -> Result<ObjectReader>;
+
+    /// Every complete object under the prefix, in no particular order.
+    async fn list(&self) -> Result<Vec<ObjectInfo>>;
+
+    /// Removes an object; removing one that is already gone is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// The object asked for does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("no object {key} in {location}")]
+pub struct ObjectNotFound {
+    pub key: String,
+    pub location: String,
+}
+
+/// A parsed `--destination`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Local(std::path::PathBuf),
+}
+
+impl Destination {
+    pub fn parse(text: &str) -> Result<Self> {
+        let url = url::Url::parse(text).with_context(|| {
+            format!("invalid destination {text:?}: expected file:///DIR or s3://BUCKET/PREFIX")
+        })?;
+        match url.scheme() {
+            "file" => {
+                if url
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
+                    bail!(
+                        "invalid destination {text:?}: a file URL has no host; write file:///absolute/dir"
+                    );
+                }
+                if url.query().is_some() {
+                    bail!("invalid destination {text:?}: file URLs take no options");
+                }
+                let path = url.to_file_path().map_err(|()| {
+                    anyhow::anyhow!("invalid destination {text:?}: not an absolute directory path")
+                })?;
+                Ok(Destination::Local(path))
+            }
+            other => bail!(
+                "invalid destination {text:?}: unsupported scheme {other:?}; use file:///DIR or s3://BUCKET/PREFIX"
+            ),
+        }
+    }
+
+    /// Opens the storage of one virtual cluster under this destination.
+    pub async fn open(&self, vcluster: &str) -> Result<Box<dyn Storage>> {
+        match self {
+            Destination::Local(root) => Ok(Box::new(LocalStorage::new(root.join(vcluster)))),
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Local(path) => write!(f, "file://{}", path.display()),
+        }
+    }
+}
+
+/// Stores a small in-memory object (a manifest).
+pub async fn put_bytes(storage: &dyn Storage, key: &str, data: Vec<u8>) -> Result<()> {
+    storage.put(key, Body::from_bytes(data)).await
+}
+
+/// Reads a small object (a manifest) whole, refusing anything over `limit` bytes.
+pub async fn get_bytes(storage: &dyn Storage, key: &str, limit: u64) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let reader = storage.get(key).await?;
+    let mut data = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut data)
+        .await
+        .with_context(|| format!("read {key} from {}", storage.location()))?;
+    if data.len() as u64 > limit {
+        bail!(
+            "read {key} from {}: larger than {limit} bytes",
+            storage.location()
+        );
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_destinations() {
+        assert_eq!(
+            Destination::parse("file:///var/backups").unwrap(),
+            Destination::Local("/var/backups".into())
+        );
+        for bad in [
+            "/var/backups",
+            "file://host/x",
+            "ftp://x/y",
+            "file:///x?a=b",
+        ] {
+            let err = Destination::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+}
