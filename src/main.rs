@@ -11,7 +11,9 @@ mod cli;
 mod manifest;
 mod pipeline;
 mod restore;
+#[allow(dead_code)] // used by the daemon, landing next
 mod retention;
+#[allow(dead_code)] // used by the daemon, landing next
 mod schedule;
 mod source;
 mod storage;

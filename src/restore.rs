@@ -25,7 +25,7 @@ pub struct RestoreOptions {
 }
 
 pub enum Restored {
-    Done(Manifest),
+    Done(Box<Manifest>),
     /// `--if-missing` and the target exists.
     Kept,
 }
@@ -72,7 +72,7 @@ pub async fn restore(
     })
     .await
     .context("restore panicked")??;
-    Ok(Restored::Done(manifest))
+    Ok(Restored::Done(Box::new(manifest)))
 }
 
 pub struct DecryptOptions {
