@@ -99,7 +99,7 @@ impl EtcdSource {
         let status = tokio::time::timeout(REQUEST_TIMEOUT, self.client.status())
             .await
             .map_err(|_| timed_out(&self.endpoint, "status"))?
-            .map_err(|err| explain(&self.endpoint, "ask etcd for its status", &err))?;
+            .map_err(|err| explain(&self.endpoint, "read status", &err))?;
         let header = status.header();
         Ok(Status {
             revision: header.map_or(0, |h| h.revision()),
@@ -262,21 +262,23 @@ fn wait_for_files(files: &[&Path], wait: Duration) -> Result<()> {
 
 fn timed_out(endpoint: &str, what: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "{what} at etcd {endpoint}: no answer within {}s; is etcd running and reachable there?",
+        "{what} (etcd at {endpoint}): no answer within {}s; is etcd running and reachable there?",
         REQUEST_TIMEOUT.as_secs()
     )
 }
 
 fn explain(endpoint: &str, what: &str, err: &etcd_client::Error) -> anyhow::Error {
     if let etcd_client::Error::GRpcStatus(status) = err {
-        match status.code() {
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
-                return anyhow::anyhow!(
-                    "{what} at etcd {endpoint}: permission denied ({}); snapshots need a user with the root role (with client-certificate auth, the certificate's CN names the user)",
-                    status.message()
-                );
-            }
-            _ => {}
+        // etcd 3.4 sends its auth error unconverted, as code Unknown.
+        let denied = matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ) || status.message().contains("permission denied");
+        if denied {
+            return anyhow::anyhow!(
+                "{what} (etcd at {endpoint}): permission denied ({}); snapshots need a user with the root role (with client-certificate auth, the certificate's CN names the user)",
+                status.message()
+            );
         }
     }
     explain_chain(endpoint, what, err)
@@ -299,27 +301,32 @@ fn explain_chain(
         source = inner.source();
     }
     let lower = cause.to_lowercase();
-    let hint = if [
+    let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+    let hint = if has(&[
         "certificate",
         "tls",
         "handshake",
         "alert",
         "unknownissuer",
         "x509",
-    ]
-    .iter()
-    .any(|w| lower.contains(w))
-    {
+    ]) {
         "; TLS failed: check --etcd-cacert, --etcd-cert and --etcd-key"
-    } else if ["refused", "dns", "timed out", "unreachable", "no route"]
-        .iter()
-        .any(|w| lower.contains(w))
+    } else if endpoint.starts_with("https://")
+        && has(&[
+            "connection closed",
+            "connection reset",
+            "broken pipe",
+            "canceled",
+        ])
     {
+        // Under TLS 1.3 a rejected client certificate shows up only as a closed connection.
+        "; etcd closed the connection, which over TLS usually means it rejected the client certificate: check --etcd-cert and --etcd-key"
+    } else if has(&["refused", "dns", "timed out", "unreachable", "no route"]) {
         "; is etcd running and reachable there?"
     } else {
         ""
     };
-    anyhow::anyhow!("{what} at etcd {endpoint}: {cause}{hint}")
+    anyhow::anyhow!("{what} (etcd at {endpoint}): {cause}{hint}")
 }
 
 /// Verifies etcd's trailing SHA-256 while the snapshot streams, holding back
