@@ -27,8 +27,7 @@ fn tool(name: &str) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let output = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    output
+    cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
 }
 
 fn ok(cmd: &mut Command) -> String {
