@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 const SETUP: &str =
-    "install the test tools: apt-get install etcd-server etcd-client age zstd openssl";
+    "run scripts/setup (it installs etcd-server, etcd-client, age, zstd and openssl)";
 
 fn tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
