@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
@@ -15,7 +16,7 @@ use crate::daemon::DaemonConfig;
 use crate::retention::RetentionPolicy;
 use crate::schedule::{self, Schedule};
 use crate::pipeline::{Compression, Identities, Recipients, Sealing};
-use crate::source::SourceSpec;
+use crate::source::{EtcdOptions, EtcdTls, SourceConfig, SourceSpec};
 use crate::storage::Destination;
 
 #[derive(Debug, Parser)]
@@ -79,16 +80,62 @@ pub struct StorageArgs {
 /// Where a backup comes from and how it is sealed.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// The backing store: the path of kine's SQLite database (`/data/state.db` in a vCluster pod,
-    /// `/data/server/db/state.db` with the k3s distro).
-    #[arg(long, env = "VCBACKUP_SOURCE", value_name = "PATH")]
+    /// The backing store: `auto` (found under --data-dir: `state.db`, `server/db/state.db`, or
+    /// embedded etcd), the path of kine's SQLite database, or an etcd endpoint
+    /// `https://HOST:PORT` / `http://HOST:PORT` (deployed etcd: `https://<release>-etcd:2379`).
+    #[arg(
+        long,
+        env = "VCBACKUP_SOURCE",
+        value_name = "auto|PATH|URL",
+        default_value = "auto"
+    )]
     pub source: String,
+
+    #[command(flatten)]
+    pub source_options: SourceArgs,
 
     #[command(flatten)]
     pub storage: StorageArgs,
 
     #[command(flatten)]
     pub sealing: SealingArgs,
+}
+
+/// Where `--source auto` looks, and how to reach etcd.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// The control plane's data volume: `--source auto` looks here, and the etcd client
+    /// certificates default to the vCluster files under `<data-dir>/pki/`.
+    #[arg(
+        long,
+        env = "VCBACKUP_DATA_DIR",
+        value_name = "DIR",
+        default_value = "/data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// CA certificate of etcd's server certificate. [default: <data-dir>/pki/etcd/ca.crt]
+    #[arg(long, env = "VCBACKUP_ETCD_CACERT", value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+
+    /// Client certificate for etcd. [default: <data-dir>/pki/apiserver-etcd-client.crt]
+    #[arg(long, env = "VCBACKUP_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// Client private key for etcd. [default: <data-dir>/pki/apiserver-etcd-client.key]
+    #[arg(long, env = "VCBACKUP_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// How long to wait for the etcd certificate files, which the vCluster syncer copies in
+    /// when the pod starts.
+    #[arg(
+        long,
+        env = "VCBACKUP_WAIT_FOR_CERTS",
+        value_name = "DURATION",
+        default_value = "120s",
+        value_parser = humantime::parse_duration
+    )]
+    pub wait_for_certs: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -236,7 +283,8 @@ pub struct RestoreArgs {
     #[arg(long, env = "VCBACKUP_RESTORE_AT", value_name = "TIME")]
     pub at: Option<String>,
 
-    /// The file to write: kine's state.db (stop the control plane first).
+    /// The file to write: kine's state.db (stop the control plane first), or for an etcd backup
+    /// the snapshot file for `etcdutl snapshot restore`.
     #[arg(long, env = "VCBACKUP_RESTORE_TO", value_name = "PATH")]
     pub to: PathBuf,
 
@@ -301,8 +349,21 @@ impl SealingArgs {
 }
 
 impl BackupArgs {
-    pub fn source(&self) -> Result<SourceSpec> {
-        SourceSpec::parse(&self.source)
+    pub fn source(&self) -> Result<SourceConfig> {
+        let options = &self.source_options;
+        Ok(SourceConfig {
+            spec: SourceSpec::parse(&self.source)?,
+            data_dir: options.data_dir.clone(),
+            etcd: EtcdOptions {
+                tls: EtcdTls {
+                    cacert: options.etcd_cacert.clone(),
+                    cert: options.etcd_cert.clone(),
+                    key: options.etcd_key.clone(),
+                },
+                data_dir: options.data_dir.clone(),
+                wait_for_certs: options.wait_for_certs,
+            },
+        })
     }
 }
 

@@ -65,7 +65,7 @@ pub async fn restore(
         verify_fingerprint(&fingerprint, &manifest, &what)?;
         match manifest.kind {
             SourceKind::Sqlite => prepare_sqlite(temp.path(), bump, &what)?,
-            SourceKind::Etcd => {}
+            SourceKind::Etcd => prepare_etcd(temp.path(), &what)?,
         }
         install(temp, &target, force)?;
         Ok(manifest)
@@ -270,6 +270,15 @@ fn prepare_sqlite(path: &Path, bump: u64, what: &str) -> Result<()> {
     conn.close()
         .map_err(|(_, err)| err)
         .with_context(|| format!("close restored {what}"))?;
+    Ok(())
+}
+
+/// Checks etcd's trailing SHA-256, which `etcdutl snapshot restore` insists on.
+/// No revision bump: etcd restores at the snapshot's own revision.
+fn prepare_etcd(path: &Path, what: &str) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("open restored {what}"))?;
+    crate::source::verify_snapshot_digest(io::BufReader::new(file))
+        .with_context(|| format!("check restored {what}"))?;
     Ok(())
 }
 
