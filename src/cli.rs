@@ -13,9 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::catalog::Selector;
 use crate::daemon::DaemonConfig;
+use crate::pipeline::{Compression, Identities, Recipients, Sealing};
 use crate::retention::RetentionPolicy;
 use crate::schedule::{self, Schedule};
-use crate::pipeline::{Compression, Identities, Recipients, Sealing};
 use crate::source::{EtcdOptions, EtcdTls, SourceConfig, SourceSpec};
 use crate::storage::Destination;
 

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Sealing;
 use crate::retention::{self, RetentionPolicy};
 use crate::schedule::{self, Schedule};
-use crate::source::SourceSpec;
+use crate::source::SourceConfig;
 use crate::storage::{Destination, Storage};
 
 /// The loop wakes at least this often, to notice clock jumps and show it is alive.
@@ -36,7 +36,7 @@ const RECENT_BACKUPS: usize = 10;
 
 /// Everything `run` needs, checked before anything starts.
 pub struct DaemonConfig {
-    pub source: SourceSpec,
+    pub source: SourceConfig,
     pub sealing: Arc<Sealing>,
     pub destination: Destination,
     pub vcluster: String,
@@ -122,7 +122,10 @@ impl State {
     }
 
     pub fn status(&self) -> Status {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn update(&self, change: impl FnOnce(&mut Status)) {
@@ -161,15 +164,22 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     })?);
     let storage: Arc<dyn Storage> = Arc::from(config.destination.open(&config.vcluster).await?);
     let shutdown = Shutdown::listen()?;
-    let server = tokio::spawn(crate::http::serve(listener, Arc::clone(&state), shutdown.token.clone()));
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        Arc::clone(&state),
+        shutdown.token.clone(),
+    ));
     if let Some(interval) = config.schedule.interval_at(Utc::now(), config.timezone) {
-        state.metrics.schedule_interval.set(interval.num_milliseconds() as f64 / 1000.0);
+        state
+            .metrics
+            .schedule_interval
+            .set(interval.num_milliseconds() as f64 / 1000.0);
     }
     state.ready.store(true, Ordering::SeqCst);
     let address: Option<SocketAddr> = config.listen.parse().ok();
     tracing::info!(
         vcluster = %config.vcluster,
-        source = %config.source,
+        source = %config.source.spec,
         destination = %config.destination,
         schedule = %config.schedule,
         timezone = %config.timezone.name(),
@@ -284,7 +294,10 @@ impl Scheduler<'_> {
         };
         self.state.set_stored(&backups);
         if let Some(newest) = backups.first() {
-            self.state.metrics.last_success.set(newest.finished.timestamp() as f64);
+            self.state
+                .metrics
+                .last_success
+                .set(newest.finished.timestamp() as f64);
         }
         let now = Utc::now();
         let interval = self.config.schedule.interval_at(now, self.config.timezone);
@@ -360,10 +373,18 @@ impl Scheduler<'_> {
             Ok(manifest) => {
                 let seconds = clock.elapsed().as_secs_f64();
                 metrics.backups.with_label_values(&["success"]).inc();
-                metrics.last_success.set(manifest.finished.timestamp() as f64);
+                metrics
+                    .last_success
+                    .set(manifest.finished.timestamp() as f64);
                 metrics.duration.observe(seconds);
-                metrics.last_size.with_label_values(&["source"]).set(manifest.size as f64);
-                metrics.last_size.with_label_values(&["stored"]).set(manifest.stored_size as f64);
+                metrics
+                    .last_size
+                    .with_label_values(&["source"])
+                    .set(manifest.size as f64);
+                metrics
+                    .last_size
+                    .with_label_values(&["stored"])
+                    .set(manifest.stored_size as f64);
                 self.state.update(|s| {
                     s.last_success = Some(Success {
                         time: manifest.finished,
@@ -390,7 +411,10 @@ impl Scheduler<'_> {
             .await
             .map_err(anyhow::Error::from)
             .and_then(|opened| opened)
-            .map_err(|error| BackupError { stage: Stage::Source, error })?;
+            .map_err(|error| BackupError {
+                stage: Stage::Source,
+                error,
+            })?;
         backup::take_backup(
             source,
             Arc::clone(&self.config.sealing),
@@ -403,9 +427,15 @@ impl Scheduler<'_> {
     async fn apply_retention(&self) -> Result<()> {
         let now = Utc::now();
         let plan = retention::prune(self.storage, &self.config.retention, now, false).await?;
-        self.state.metrics.retention_deleted.inc_by(plan.delete.len() as u64);
+        self.state
+            .metrics
+            .retention_deleted
+            .inc_by(plan.delete.len() as u64);
         self.state.set_stored(&plan.keep);
-        let aborted = self.storage.abort_stale_uploads(now - STALE_UPLOAD_AGE).await?;
+        let aborted = self
+            .storage
+            .abort_stale_uploads(now - STALE_UPLOAD_AGE)
+            .await?;
         if aborted > 0 {
             tracing::info!(aborted, "aborted unfinished uploads older than a day");
         }
@@ -415,7 +445,11 @@ impl Scheduler<'_> {
     fn record_failure(&self, stage: Stage, err: &anyhow::Error) {
         let message = format!("{err:#}");
         tracing::error!(stage = stage.as_str(), "backup failed: {message}");
-        self.state.metrics.failures.with_label_values(&[stage.as_str()]).inc();
+        self.state
+            .metrics
+            .failures
+            .with_label_values(&[stage.as_str()])
+            .inc();
         self.state.update(|s| {
             s.last_failure = Some(Failure {
                 time: Utc::now(),
@@ -438,7 +472,10 @@ impl Scheduler<'_> {
             next = after;
         }
         if skipped > 0 {
-            tracing::warn!(skipped, "the backup overran its schedule slot; skipped the missed runs");
+            tracing::warn!(
+                skipped,
+                "the backup overran its schedule slot; skipped the missed runs"
+            );
             self.state.metrics.skipped_runs.inc_by(skipped);
         }
     }

@@ -62,7 +62,10 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .header("content-type", content_type)
                 .body(Full::new(Bytes::from(body)))
                 .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encode\n".into())),
-            Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encode metrics: {err}\n")),
+            Err(err) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encode metrics: {err}\n"),
+            ),
         },
         "/livez" => match state.stalled_for() {
             None => text(StatusCode::OK, "ok\n".into()),
@@ -83,7 +86,10 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))
                 .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encode\n".into())),
-            Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encode status: {err}\n")),
+            Err(err) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encode status: {err}\n"),
+            ),
         },
         _ => text(
             StatusCode::NOT_FOUND,
@@ -95,8 +101,9 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert("content-type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -78,8 +78,14 @@ async fn run(command: Command) -> Result<()> {
             let policy = args.retention.policy();
             let target = args.storage.resolve()?;
             let storage = target.destination.open(&target.vcluster).await?;
-            let plan = retention::prune(storage.as_ref(), &policy, chrono::Utc::now(), args.dry_run).await?;
-            let verb = if args.dry_run { "would delete" } else { "deleted" };
+            let plan =
+                retention::prune(storage.as_ref(), &policy, chrono::Utc::now(), args.dry_run)
+                    .await?;
+            let verb = if args.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            };
             for (backup, reason) in &plan.delete {
                 println!("{verb} {} ({reason})", backup.name);
             }

@@ -33,7 +33,10 @@ impl Metrics {
             &["result"],
         )?;
         let failures = IntCounterVec::new(
-            Opts::new("vcbackup_backup_failures_total", "Failed backups, by the stage that failed."),
+            Opts::new(
+                "vcbackup_backup_failures_total",
+                "Failed backups, by the stage that failed.",
+            ),
             &["stage"],
         )?;
         let last_success = Gauge::new(
@@ -50,8 +53,13 @@ impl Metrics {
         )?;
         let in_progress = IntGauge::new("vcbackup_backup_in_progress", "1 while a backup runs.")?;
         let duration = Histogram::with_opts(
-            HistogramOpts::new("vcbackup_backup_duration_seconds", "Duration of successful backups.")
-                .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0]),
+            HistogramOpts::new(
+                "vcbackup_backup_duration_seconds",
+                "Duration of successful backups.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+            ]),
         )?;
         let last_size = GaugeVec::new(
             Opts::new(
@@ -80,7 +88,9 @@ impl Metrics {
             Opts::new("vcbackup_build_info", "The agent's version; always 1."),
             &["version"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         // Every label value exists from the start, so increase() sees the first failure.
         for result in ["success", "failure"] {
             backups.with_label_values(&[result]);
