@@ -281,7 +281,7 @@ fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
 }
 
 #[test]
-fn sigterm_lets_a_short_backup_finish_and_backup_on_shutdown_takes_one() {
+fn backup_on_shutdown_takes_a_final_backup_and_exits_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let db = database(tmp.path(), 256 << 10);
     let dest = file_url(&tmp.path().join("backups"));
