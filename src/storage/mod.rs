@@ -4,9 +4,11 @@
 
 mod body;
 mod local;
+mod s3;
 
 use std::fmt;
 use std::pin::Pin;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -15,6 +17,7 @@ use tokio::io::AsyncRead;
 
 pub use body::{Body, IncompleteBody, body_channel};
 pub use local::LocalStorage;
+pub use s3::{S3Options, S3Storage};
 
 /// A stored object being read back.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -46,6 +49,12 @@ pub trait Storage: Send + Sync {
 
     /// Removes an object; removing one that is already gone is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Cleans up uploads started more than `older_than` ago and never finished
+    /// (an agent killed mid-upload); returns how many. Only S3 has such uploads.
+    async fn abort_stale_uploads(&self, _older_than: Duration) -> Result<usize> {
+        Ok(0)
+    }
 }
 
 /// The object asked for does not exist.
@@ -60,6 +69,7 @@ pub struct ObjectNotFound {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     Local(std::path::PathBuf),
+    S3(S3Options),
 }
 
 impl Destination {
@@ -85,6 +95,7 @@ impl Destination {
                 })?;
                 Ok(Destination::Local(path))
             }
+            "s3" => Ok(Destination::S3(S3Options::parse(text, &url)?)),
             other => bail!(
                 "invalid destination {text:?}: unsupported scheme {other:?}; use file:///DIR or s3://BUCKET/PREFIX"
             ),
@@ -95,6 +106,7 @@ impl Destination {
     pub async fn open(&self, vcluster: &str) -> Result<Box<dyn Storage>> {
         match self {
             Destination::Local(root) => Ok(Box::new(LocalStorage::new(root.join(vcluster)))),
+            Destination::S3(options) => Ok(Box::new(S3Storage::open(options, vcluster).await?)),
         }
     }
 }
@@ -103,6 +115,7 @@ impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Destination::Local(path) => write!(f, "file://{}", path.display()),
+            Destination::S3(options) => write!(f, "{options}"),
         }
     }
 }
