@@ -537,11 +537,19 @@ impl S3Storage {
             Ok(_) => Err(err),
             Err(abort) => {
                 let why = explain(&self.place, Action::Abort, &abort);
-                tracing::warn!(key = %self.url(key), "could not abort the unfinished upload: {why}");
-                Err(err.context(format!(
-                    "the unfinished upload could not be aborted either ({why}); a lifecycle rule \
+                tracing::warn!(
+                    key = %self.url(key),
+                    "could not abort the unfinished upload: {why}; a lifecycle rule \
                      AbortIncompleteMultipartUpload on the bucket removes it"
-                )))
+                );
+                // The pipeline's own error explains an incomplete body; keep it recognisable.
+                if super::IncompleteBody::is_cause_of(&err) {
+                    return Err(err);
+                }
+                Err(anyhow!(
+                    "{err:#}; aborting the upload failed too: {why} (a lifecycle rule \
+                     AbortIncompleteMultipartUpload on the bucket removes it)"
+                ))
             }
         }
     }
@@ -856,10 +864,18 @@ where
         objects
     };
     match (code, status) {
-        (Some("AccessDenied" | "AllAccessDisabled"), _) | (None, Some(403)) => format!(
-            "access denied (check the IAM role's {} on {resource})",
-            action.permission()
-        ),
+        (Some("AccessDenied" | "AllAccessDisabled"), _) | (None, Some(403)) => {
+            // S3 says only "Access Denied"; other servers sometimes say more.
+            let said = err
+                .message()
+                .filter(|m| !m.eq_ignore_ascii_case("access denied"))
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            format!(
+                "access denied{said} (check the IAM role's {} on {resource})",
+                action.permission()
+            )
+        }
         (Some("NoSuchBucket"), _) => format!(
             "bucket {:?} does not exist at {} (check the bucket name, region and endpoint)",
             place.bucket, place.endpoint
@@ -895,6 +911,33 @@ where
     }
 }
 
+/// The messages of an error's causes, without the SDK's generic wrappers
+/// ("dispatch failure", "other") and without repeats.
+fn causes(err: &(dyn StdError + 'static)) -> String {
+    const GENERIC: [&str; 7] = [
+        "dispatch failure",
+        "other",
+        "io",
+        "timeout",
+        "user",
+        "response error",
+        "construction failure",
+    ];
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !GENERIC.contains(&text.as_str()) && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    if parts.is_empty() {
+        return DisplayErrorContext(err).to_string();
+    }
+    parts.join(": ")
+}
+
 /// Errors before any answer came: unreachable server, timeouts, no credentials.
 fn explain_transport<E>(place: &Place, err: &SdkError<E, HttpResponse>) -> String
 where
@@ -918,7 +961,7 @@ where
         }
         source = cause.source();
     }
-    let detail = DisplayErrorContext(err).to_string();
+    let detail = causes(err);
     match err {
         SdkError::TimeoutError(_) => format!("no answer from {} in time", place.endpoint),
         SdkError::DispatchFailure(failure) if failure.is_timeout() => {
@@ -927,7 +970,7 @@ where
         SdkError::DispatchFailure(failure) if failure.is_io() => {
             format!("cannot reach {}: {detail}", place.endpoint)
         }
-        _ if detail.contains("credentials") => format!(
+        _ if detail.contains("credentials") || detail.contains("Credentials") => format!(
             "no usable AWS credentials (the agent looks in the environment, the AWS profile, \
              web identity/IRSA, EKS Pod Identity and instance metadata): {detail}"
         ),
