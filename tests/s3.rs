@@ -116,7 +116,7 @@ fn backup_list_restore_round_trip_through_s3s_fs() {
     let dest = destination(&server.endpoint(), "");
 
     let name = f.backup_ok(&dest);
-    assert_eq!(f.list(&dest), [name.clone()]);
+    assert_eq!(f.list(&dest), std::slice::from_ref(&name));
     f.assert_restores(&dest, &name);
 
     // The object and its manifest, under prefix/vcluster/, and no upload left over.
@@ -303,4 +303,144 @@ fn eks_pod_identity_credentials_are_refreshed_during_a_long_backup() {
         .fails(&["list", "--destination", &dest, "--name", "demo"]);
     assert!(stderr.contains("no usable AWS credentials"), "{stderr}");
     assert!(agent.refused.load(Ordering::SeqCst) > 0);
+}
+
+#[test]
+fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
+    let moto = Moto::start();
+    let client = s3_client(&moto.endpoint(), &moto.access_key, &moto.secret);
+    rt().block_on(client.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    let mut f = fixture(MULTIPART_DB);
+    let key = aws_cli(
+        &moto.endpoint(),
+        &moto.access_key,
+        &moto.secret,
+        &["kms", "create-key", "--region", REGION],
+        f.scene.dir.path(),
+    );
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    let key: serde_json::Value = serde_json::from_slice(&key.stdout).unwrap();
+    let key_arn = key["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
+    f.scene.static_keys(&moto.access_key, &moto.secret);
+    let dest = destination(
+        &moto.endpoint(),
+        &format!("&server-side-encryption=aws:kms&kms-key-id={key_arn}"),
+    );
+
+    let name = f.backup_ok(&dest);
+    assert_eq!(f.list(&dest), std::slice::from_ref(&name));
+    f.assert_restores(&dest, &name);
+    for object in [name.clone(), format!("{name}.json")] {
+        let head = rt()
+            .block_on(
+                client
+                    .head_object()
+                    .bucket(BUCKET)
+                    .key(format!("team/prod/demo/{object}"))
+                    .send(),
+            )
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms),
+            "{object}"
+        );
+        assert_eq!(head.ssekms_key_id(), Some(key_arn.as_str()), "{object}");
+    }
+
+    // Every part refused: the backup fails and its multipart upload is aborted.
+    let proxy = FaultProxy::start(
+        moto.addr,
+        Faults {
+            always: Some(500),
+            ..Faults::default()
+        },
+    );
+    f.scene.set("AWS_MAX_ATTEMPTS", "2");
+    let failing = destination(
+        &proxy.endpoint(),
+        &format!("&server-side-encryption=aws:kms&kms-key-id={key_arn}"),
+    );
+    let out = f.backup(&failing);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upload part") && stderr.contains("InternalError"),
+        "{stderr}"
+    );
+    assert!(proxy.faults.lock().unwrap().injected >= 2);
+    let uploads = rt()
+        .block_on(client.list_multipart_uploads().bucket(BUCKET).send())
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    assert_eq!(f.list(&dest), [name]);
+
+    // Moto checks signatures too.
+    f.scene
+        .static_keys(&moto.access_key, "wrong-secret-0123456789abcdefghijklmnopq");
+    let stderr = f
+        .scene
+        .fails(&["list", "--destination", &dest, "--name", "demo"]);
+    assert!(stderr.contains("SignatureDoesNotMatch"), "{stderr}");
+}
+
+#[test]
+fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
+    require_tool("age");
+    require_tool("zstd");
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let mut f = fixture(MULTIPART_DB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let dest = destination(&server.endpoint(), "");
+    let name = f.backup_ok(&dest);
+
+    let downloaded = f.scene.path("downloaded.zst.age");
+    let out = aws_cli(
+        &server.endpoint(),
+        ACCESS_KEY,
+        SECRET,
+        &[
+            "s3",
+            "cp",
+            &format!("s3://{BUCKET}/team/prod/demo/{name}"),
+            &downloaded.display().to_string(),
+        ],
+        f.scene.dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plain = f.scene.path("by-hand.db");
+    let by_hand = std::process::Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            r#"age -d -i "$1" "$2" | zstd -d -q -o "$3""#,
+            "by-hand",
+            &f.identity,
+            &downloaded.display().to_string(),
+            &plain.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        by_hand.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_hand.stderr)
+    );
+
+    let restored = f.scene.path("restored.db");
+    f.restore(&dest, &name, &restored.display().to_string());
+    assert!(
+        std::fs::read(&plain).unwrap() == std::fs::read(&restored).unwrap(),
+        "age | zstd and vcbackup restore differ"
+    );
 }
