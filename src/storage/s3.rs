@@ -1071,6 +1071,84 @@ mod tests {
         assert_eq!(parts, [&b"0123"[..], b"4567", b"89ab"]);
     }
 
+    /// An S3Storage on an in-process s3s-fs; returns the server's root too.
+    async fn s3s_fs_storage() -> (S3Storage, tempfile::TempDir) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("bucket")).unwrap();
+        let mut service =
+            s3s::service::S3ServiceBuilder::new(s3s_fs::FileSystem::new(root.path()).unwrap());
+        service.set_auth(s3s::auth::SimpleAuth::from_single("AKIDTEST", "secret"));
+        let service = service.build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let service = service.clone();
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+                );
+            }
+        });
+        let options = S3Options {
+            part_size: MIN_PART_SIZE,
+            ..parse(&format!(
+                "s3://bucket/p?endpoint={endpoint}&force-path-style=true"
+            ))
+            .unwrap()
+        };
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::from_static("us-east-1"))
+            .endpoint_url(&endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            ))
+            .build();
+        let storage = S3Storage {
+            client: Client::from_conf(config),
+            place: Arc::new(Place {
+                bucket: options.bucket.clone(),
+                prefix: options.prefix.clone(),
+                endpoint,
+            }),
+            options,
+            dir: "p/demo/".into(),
+            checksums: true,
+        };
+        (storage, root)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_that_stops_midway_aborts_the_multipart_upload() {
+        let (storage, root) = s3s_fs_storage().await;
+        let (mut writer, body) = body_channel(MIB, 4);
+        // Two full parts, then the producer fails: no finish().
+        let producer = tokio::task::spawn_blocking(move || writer.write_all(&vec![7u8; 11 * MIB]));
+        let err = storage.put("x.zst.age", body).await.unwrap_err();
+        producer.await.unwrap().unwrap();
+        assert!(crate::storage::IncompleteBody::is_cause_of(&err), "{err:#}");
+        let leftovers: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".upload"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(storage.list().await.unwrap().is_empty());
+
+        // The same storage then takes a complete object, in one PUT.
+        crate::storage::put_bytes(&storage, "m.json", b"{}".to_vec())
+            .await
+            .unwrap();
+        let listed = storage.list().await.unwrap();
+        assert_eq!((listed[0].key.as_str(), listed[0].size), ("m.json", 2));
+        let err = storage.get("missing").await.err().unwrap();
+        assert!(err.downcast_ref::<ObjectNotFound>().is_some(), "{err:#}");
+        storage.delete("m.json").await.unwrap();
+        storage.delete("m.json").await.unwrap();
+    }
+
     #[tokio::test]
     async fn an_incomplete_body_is_an_error() {
         let (mut writer, mut body) = body_channel(4, 4);

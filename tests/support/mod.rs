@@ -281,6 +281,9 @@ pub struct Faults {
     pub delay: Duration,
     /// Counters.
     pub part_requests: usize,
+    /// UploadPart requests with a CRC32 in a header (not an aws-chunked trailer).
+    pub part_checksums: usize,
+    pub aws_chunked: usize,
     pub injected: usize,
 }
 
@@ -320,6 +323,16 @@ async fn proxy(
         let mut f = faults.lock().unwrap();
         let fault = if is_part {
             f.part_requests += 1;
+            if req.headers().contains_key("x-amz-checksum-crc32") {
+                f.part_checksums += 1;
+            }
+            if req
+                .headers()
+                .get("content-encoding")
+                .is_some_and(|v| v.as_bytes().starts_with(b"aws-chunked"))
+            {
+                f.aws_chunked += 1;
+            }
             if let Some(status) = f.always {
                 Some(Fault::Status(status))
             } else if let Some(status) = f.statuses.pop_front() {
