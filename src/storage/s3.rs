@@ -898,7 +898,7 @@ where
             place.bucket,
             code.unwrap_or_default()
         ),
-        (Some(kms), _) if kms.starts_with("KMS.") || kms.starts_with("KMS") => format!(
+        (Some(kms), _) if kms.starts_with("KMS") => format!(
             "KMS refused the encryption key ({kms}: {}): check kms-key-id and the role's kms:GenerateDataKey and kms:Decrypt on it",
             err.message().unwrap_or("no message")
         ),
