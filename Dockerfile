@@ -27,7 +27,7 @@ RUN --mount=type=cache,id=vcbackup-cargo-registry-${TARGETPLATFORM},target=/usr/
     --mount=type=cache,id=vcbackup-target-${TARGETPLATFORM},target=/src/target,sharing=locked \
     cargo build --release --locked \
  && cp target/release/vcbackup /vcbackup \
- && /vcbackup --version
+ && /vcbackup --help >/dev/null
 
 # distroless/cc: glibc 2.36 (same Debian release as the builder), libgcc_s, CA
 # certificates and tzdata; no shell, no package manager.

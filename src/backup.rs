@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 
 use crate::manifest::{self, Manifest};
 use crate::pipeline::Sealing;
@@ -62,7 +62,8 @@ pub async fn take_backup(
     storage: &dyn Storage,
     vcluster: &str,
 ) -> Result<Manifest, BackupError> {
-    let started = Utc::now();
+    // Milliseconds, as in the object name, so `--at <created>` finds this backup.
+    let started = Utc::now().trunc_subsecs(3);
     let clock = Instant::now();
     let kind = source.kind();
     let name = manifest::backup_name(vcluster, started, kind, sealing.recipients.is_some());

@@ -44,17 +44,13 @@ pub async fn list_backups(storage: &dyn Storage) -> Result<Vec<Manifest>> {
         .buffer_unordered(MANIFEST_FETCHES)
         .try_collect()
         .await?;
-    let mut backups: Vec<Manifest> = fetched
-        .into_iter()
-        .flatten()
-        .filter(|m| {
-            let consistent = sizes.get(m.name.as_str()) == Some(&m.stored_size);
-            if !consistent {
-                tracing::warn!(backup = %m.name, "skipping backup whose stored size differs from its manifest");
-            }
-            consistent
-        })
-        .collect();
+    let mut backups: Vec<Manifest> = fetched.into_iter().flatten().collect();
+    for m in &backups {
+        // Still listed: restore's verification says what is wrong with it.
+        if sizes.get(m.name.as_str()) != Some(&m.stored_size) {
+            tracing::warn!(backup = %m.name, "stored size differs from the manifest: the backup is damaged");
+        }
+    }
     backups.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| b.name.cmp(&a.name)));
     Ok(backups)
 }
@@ -98,10 +94,11 @@ pub fn select<'a>(
     };
     match (found, selector) {
         (Some(manifest), _) => Ok(manifest),
-        (None, _) if backups.is_empty() => bail!("no backups in {location}"),
+        (None, Selector::Latest) => bail!("no backups in {location}"),
         (None, Selector::Named(name)) => {
             bail!("no backup named {name:?} in {location}; `vcbackup list` shows the backups there")
         }
+        (None, Selector::At(_)) if backups.is_empty() => bail!("no backups in {location}"),
         (None, Selector::At(at)) => bail!(
             "no backup taken at or before {} in {location}; the oldest is from {}",
             rfc3339(*at),
@@ -110,6 +107,5 @@ pub fn select<'a>(
                 .map(|m| rfc3339(m.started))
                 .unwrap_or_default()
         ),
-        (None, Selector::Latest) => unreachable!("backups is not empty"),
     }
 }

@@ -5,14 +5,18 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::catalog::Selector;
+use crate::daemon::DaemonConfig;
 use crate::pipeline::{Compression, Identities, Recipients, Sealing};
-use crate::source::SourceSpec;
+use crate::retention::RetentionPolicy;
+use crate::schedule::{self, Schedule};
+use crate::source::{EtcdOptions, EtcdTls, SourceConfig, SourceSpec};
 use crate::storage::Destination;
 
 #[derive(Debug, Parser)]
@@ -46,10 +50,14 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run as the sidecar: back up on a schedule, apply retention, serve metrics and health.
+    Run(RunArgs),
     /// Take one backup now and exit.
     Backup(BackupArgs),
     /// List the backups in the destination, newest first.
     List(ListArgs),
+    /// Apply retention now: delete backups older than --retention-days or beyond --max-snapshots.
+    Prune(PruneArgs),
     /// Decrypt and decompress one downloaded backup file (offline; no storage needed).
     Decrypt(DecryptArgs),
     /// Restore a backup from the destination to a file, verified before it replaces anything.
@@ -79,16 +87,62 @@ pub struct StorageArgs {
 /// Where a backup comes from and how it is sealed.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// The backing store: the path of kine's SQLite database (`/data/state.db` in a vCluster pod,
-    /// `/data/server/db/state.db` with the k3s distro).
-    #[arg(long, env = "VCBACKUP_SOURCE", value_name = "PATH")]
+    /// The backing store: `auto` (found under --data-dir: `state.db`, `server/db/state.db`, or
+    /// embedded etcd), the path of kine's SQLite database, or an etcd endpoint
+    /// `https://HOST:PORT` / `http://HOST:PORT` (deployed etcd: `https://<release>-etcd:2379`).
+    #[arg(
+        long,
+        env = "VCBACKUP_SOURCE",
+        value_name = "auto|PATH|URL",
+        default_value = "auto"
+    )]
     pub source: String,
+
+    #[command(flatten)]
+    pub source_options: SourceArgs,
 
     #[command(flatten)]
     pub storage: StorageArgs,
 
     #[command(flatten)]
     pub sealing: SealingArgs,
+}
+
+/// Where `--source auto` looks, and how to reach etcd.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// The control plane's data volume: `--source auto` looks here, and the etcd client
+    /// certificates default to the vCluster files under `<data-dir>/pki/`.
+    #[arg(
+        long,
+        env = "VCBACKUP_DATA_DIR",
+        value_name = "DIR",
+        default_value = "/data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// CA certificate of etcd's server certificate. [default: <data-dir>/pki/etcd/ca.crt]
+    #[arg(long, env = "VCBACKUP_ETCD_CACERT", value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+
+    /// Client certificate for etcd. [default: <data-dir>/pki/apiserver-etcd-client.crt]
+    #[arg(long, env = "VCBACKUP_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// Client private key for etcd. [default: <data-dir>/pki/apiserver-etcd-client.key]
+    #[arg(long, env = "VCBACKUP_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// How long to wait for the etcd certificate files, which the vCluster syncer copies in
+    /// when the pod starts.
+    #[arg(
+        long,
+        env = "VCBACKUP_WAIT_FOR_CERTS",
+        value_name = "DURATION",
+        default_value = "120s",
+        value_parser = humantime::parse_duration
+    )]
+    pub wait_for_certs: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +171,71 @@ pub struct SealingArgs {
     /// zstd worker threads.
     #[arg(long, env = "VCBACKUP_COMPRESSION_THREADS", default_value_t = 2)]
     pub compression_threads: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub backup: BackupArgs,
+
+    /// When to back up: 5-field cron (`0 */12 * * *`), `@hourly`, `@daily`, `@weekly`, or
+    /// `@every 15m`.
+    #[arg(long, env = "VCBACKUP_SCHEDULE", default_value = "@hourly")]
+    pub schedule: String,
+
+    /// The IANA time zone the schedule is read in (e.g. `Europe/Berlin`).
+    #[arg(long, env = "VCBACKUP_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+
+    /// Delay each run by a random amount up to this (e.g. `5m`), so many virtual clusters on
+    /// one schedule do not hit storage at the same second.
+    #[arg(long, env = "VCBACKUP_JITTER", default_value = "0s")]
+    pub jitter: String,
+
+    /// Do not take a backup at start when the newest one is older than one schedule interval.
+    #[arg(long, env = "VCBACKUP_NO_CATCH_UP")]
+    pub no_catch_up: bool,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// Address for /metrics, /livez, /readyz and /status.
+    #[arg(long, env = "VCBACKUP_LISTEN", default_value = "0.0.0.0:9464")]
+    pub listen: String,
+
+    /// After SIGTERM, how long a running backup may take to finish before it is aborted
+    /// (the vCluster chart grants the pod 10s).
+    #[arg(long, env = "VCBACKUP_SHUTDOWN_TIMEOUT", default_value = "8s")]
+    pub shutdown_timeout: String,
+
+    /// Take a final backup on SIGTERM, within --shutdown-timeout (sleep mode scales the pod to zero).
+    #[arg(long, env = "VCBACKUP_BACKUP_ON_SHUTDOWN")]
+    pub backup_on_shutdown: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Delete backups older than this many days (vCluster's retention.period); 0: no age limit.
+    /// The newest backup is never deleted.
+    #[arg(long, env = "VCBACKUP_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+
+    /// Keep at most this many backups (vCluster's retention.maxSnapshots); 0: no count limit.
+    #[arg(long, env = "VCBACKUP_MAX_SNAPSHOTS", default_value_t = 30)]
+    pub max_snapshots: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// Print the plan without deleting anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -171,7 +290,8 @@ pub struct RestoreArgs {
     #[arg(long, env = "VCBACKUP_RESTORE_AT", value_name = "TIME")]
     pub at: Option<String>,
 
-    /// The file to write: kine's state.db (stop the control plane first).
+    /// The file to write: kine's state.db (stop the control plane first), or for an etcd backup
+    /// the snapshot file for `etcdutl snapshot restore`.
     #[arg(long, env = "VCBACKUP_RESTORE_TO", value_name = "PATH")]
     pub to: PathBuf,
 
@@ -236,8 +356,52 @@ impl SealingArgs {
 }
 
 impl BackupArgs {
-    pub fn source(&self) -> Result<SourceSpec> {
-        SourceSpec::parse(&self.source)
+    pub fn source(&self) -> Result<SourceConfig> {
+        let options = &self.source_options;
+        Ok(SourceConfig {
+            spec: SourceSpec::parse(&self.source)?,
+            data_dir: options.data_dir.clone(),
+            etcd: EtcdOptions {
+                tls: EtcdTls {
+                    cacert: options.etcd_cacert.clone(),
+                    cert: options.etcd_cert.clone(),
+                    key: options.etcd_key.clone(),
+                },
+                data_dir: options.data_dir.clone(),
+                wait_for_certs: options.wait_for_certs,
+            },
+        })
+    }
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            max_age_days: self.retention_days,
+            max_count: self.max_snapshots,
+        }
+    }
+}
+
+impl RunArgs {
+    pub fn resolve(self) -> Result<DaemonConfig> {
+        let target = self.backup.storage.resolve()?;
+        let timeout = schedule::parse_duration(&self.shutdown_timeout)
+            .with_context(|| "--shutdown-timeout".to_string())?;
+        Ok(DaemonConfig {
+            source: self.backup.source()?,
+            sealing: self.backup.sealing.resolve()?,
+            destination: target.destination,
+            vcluster: target.vcluster,
+            schedule: Schedule::parse(&self.schedule)?,
+            timezone: schedule::parse_timezone(&self.timezone)?,
+            jitter: schedule::parse_duration(&self.jitter).context("--jitter")?,
+            catch_up: !self.no_catch_up,
+            retention: self.retention.policy(),
+            listen: self.listen,
+            shutdown_timeout: timeout,
+            backup_on_shutdown: self.backup_on_shutdown,
+        })
     }
 }
 

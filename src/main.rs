@@ -8,7 +8,10 @@
 mod backup;
 mod catalog;
 mod cli;
+mod daemon;
+mod http;
 mod manifest;
+mod metrics;
 mod pipeline;
 mod restore;
 mod retention;
@@ -35,7 +38,10 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return report(anyhow::Error::from(err).context("start the async runtime")),
     };
-    match runtime.block_on(run(cli.command)) {
+    let result = runtime.block_on(run(cli.command));
+    // A blocking copy cut off by shutdown must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report(err),
     }
@@ -43,6 +49,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
+        Command::Run(args) => daemon::run(args.resolve()?).await,
         Command::Backup(args) => {
             let source = args.source()?;
             let sealing = args.sealing.resolve()?;
@@ -64,6 +71,26 @@ async fn run(command: Command) -> Result<()> {
                     serde_json::to_string_pretty(&listing::json(&backups))?
                 ),
                 OutputFormat::Table => print!("{}", listing::table(&backups, chrono::Utc::now())),
+            }
+            Ok(())
+        }
+        Command::Prune(args) => {
+            let policy = args.retention.policy();
+            let target = args.storage.resolve()?;
+            let storage = target.destination.open(&target.vcluster).await?;
+            let plan =
+                retention::prune(storage.as_ref(), &policy, chrono::Utc::now(), args.dry_run)
+                    .await?;
+            let verb = if args.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            };
+            for (backup, reason) in &plan.delete {
+                println!("{verb} {} ({reason})", backup.name);
+            }
+            for backup in &plan.keep {
+                println!("keep {}", backup.name);
             }
             Ok(())
         }

@@ -25,7 +25,7 @@ pub struct RestoreOptions {
 }
 
 pub enum Restored {
-    Done(Manifest),
+    Done(Box<Manifest>),
     /// `--if-missing` and the target exists.
     Kept,
 }
@@ -65,14 +65,14 @@ pub async fn restore(
         verify_fingerprint(&fingerprint, &manifest, &what)?;
         match manifest.kind {
             SourceKind::Sqlite => prepare_sqlite(temp.path(), bump, &what)?,
-            SourceKind::Etcd => {}
+            SourceKind::Etcd => prepare_etcd(temp.path(), &what)?,
         }
         install(temp, &target, force)?;
         Ok(manifest)
     })
     .await
     .context("restore panicked")??;
-    Ok(Restored::Done(manifest))
+    Ok(Restored::Done(Box::new(manifest)))
 }
 
 pub struct DecryptOptions {
@@ -270,6 +270,15 @@ fn prepare_sqlite(path: &Path, bump: u64, what: &str) -> Result<()> {
     conn.close()
         .map_err(|(_, err)| err)
         .with_context(|| format!("close restored {what}"))?;
+    Ok(())
+}
+
+/// Checks etcd's trailing SHA-256, which `etcdutl snapshot restore` insists on.
+/// No revision bump: etcd restores at the snapshot's own revision.
+fn prepare_etcd(path: &Path, what: &str) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("open restored {what}"))?;
+    crate::source::verify_snapshot_digest(io::BufReader::new(file))
+        .with_context(|| format!("check restored {what}"))?;
     Ok(())
 }
 

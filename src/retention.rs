@@ -91,6 +91,35 @@ pub fn plan<T: Dated + Clone>(
     RetentionPlan { keep, delete }
 }
 
+impl Dated for crate::manifest::Manifest {
+    fn created(&self) -> DateTime<Utc> {
+        self.started
+    }
+}
+
+/// Plans retention over the backups in `storage` and, unless `dry_run`,
+/// deletes what the plan says. Only this virtual cluster's own backups are
+/// considered: the catalog lists nothing else.
+pub async fn prune(
+    storage: &dyn crate::storage::Storage,
+    policy: &RetentionPolicy,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> anyhow::Result<RetentionPlan<crate::manifest::Manifest>> {
+    let backups = crate::catalog::list_backups(storage).await?;
+    let plan = plan(&backups, policy, now);
+    if !dry_run {
+        for (backup, reason) in &plan.delete {
+            // Manifest first: once it is gone the backup is no longer listed, so
+            // an interrupted deletion never shows a backup whose data is gone.
+            storage.delete(&backup.manifest_key()).await?;
+            storage.delete(&backup.name).await?;
+            tracing::info!(backup = %backup.name, %reason, "retention deleted backup");
+        }
+    }
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

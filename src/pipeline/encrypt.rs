@@ -208,7 +208,9 @@ mod tests {
         let text = secret.to_string().expose_secret().to_string();
         let err = format!(
             "{:#}",
-            Recipients::parse(&[text.clone()], &[]).err().unwrap()
+            Recipients::parse(std::slice::from_ref(&text), &[])
+                .err()
+                .unwrap()
         );
         assert!(!err.contains(&text[16..]), "{err}");
         assert!(err.contains("private key"), "{err}");

@@ -36,10 +36,6 @@ impl<T> Hashing<T> {
         }
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     pub fn finish(self) -> (Fingerprint, T) {
         let fingerprint = Fingerprint {
             size: self.size,

@@ -1,6 +1,9 @@
 //! Where backups come from: a backing store that yields one consistent
 //! snapshot as a stream of plaintext bytes, plus the facts a manifest records.
 
+mod bolt;
+mod detect;
+mod etcd;
 mod sqlite;
 
 use std::io::Write;
@@ -10,6 +13,8 @@ use anyhow::Result;
 
 use crate::manifest::{EtcdFacts, SourceKind};
 
+pub use detect::{Detected, detect};
+pub use etcd::{EtcdOptions, EtcdSource, EtcdTls, verify_snapshot_digest};
 pub use sqlite::SqliteSource;
 
 /// What a snapshot tells the manifest beyond its bytes.
@@ -34,21 +39,68 @@ pub trait Source: Send {
 /// A parsed `--source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
+    /// Find the store under the data directory.
+    Auto,
     Sqlite(PathBuf),
+    /// An etcd endpoint, `https://HOST:PORT` or `http://HOST:PORT`.
+    Etcd(String),
 }
 
 impl SourceSpec {
     pub fn parse(text: &str) -> Result<Self> {
         if text.is_empty() {
-            anyhow::bail!("invalid source \"\": give the path of kine's state.db");
+            anyhow::bail!(
+                "invalid source \"\": give `auto`, the path of kine's state.db, or an etcd endpoint https://HOST:PORT"
+            );
+        }
+        if text == "auto" {
+            return Ok(SourceSpec::Auto);
+        }
+        if text.starts_with("https://") || text.starts_with("http://") {
+            let url = url::Url::parse(text)
+                .map_err(|err| anyhow::anyhow!("invalid etcd endpoint {text:?}: {err}"))?;
+            if url.host_str().is_none() || (url.path() != "/" && !url.path().is_empty()) {
+                anyhow::bail!("invalid etcd endpoint {text:?}: expected https://HOST:PORT");
+            }
+            return Ok(SourceSpec::Etcd(text.trim_end_matches('/').to_string()));
+        }
+        if text.contains("://") {
+            anyhow::bail!(
+                "invalid source {text:?}: expected `auto`, a file path, or an etcd endpoint https://HOST:PORT or http://HOST:PORT"
+            );
         }
         Ok(SourceSpec::Sqlite(PathBuf::from(text)))
     }
+}
 
+/// A `--source` with what opening it needs.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub spec: SourceSpec,
+    /// The control plane's data volume: where `auto` looks and the etcd certificates are.
+    pub data_dir: PathBuf,
+    pub etcd: EtcdOptions,
+}
+
+impl SourceConfig {
     /// Checks the store is there and readable, before any backup starts.
+    /// Runs on a blocking thread: it may wait for certificates and connect.
     pub fn open(&self) -> Result<Box<dyn Source>> {
-        match self {
+        let spec = match &self.spec {
+            SourceSpec::Auto => {
+                let detection = detect(&self.data_dir).map_err(anyhow::Error::msg)?;
+                tracing::info!(reason = %detection.reason, "source detected (--source auto)");
+                match detection.found {
+                    Detected::Sqlite(path) => SourceSpec::Sqlite(path),
+                    Detected::Etcd(endpoint) => SourceSpec::Etcd(endpoint),
+                }
+            }
+            spec => spec.clone(),
+        };
+        match &spec {
             SourceSpec::Sqlite(path) => Ok(Box::new(SqliteSource::open(path)?)),
+            SourceSpec::Etcd(endpoint) => Ok(Box::new(EtcdSource::open(endpoint, &self.etcd)?)),
+            SourceSpec::Auto => anyhow::bail!("source detection returned no source"),
         }
     }
 }
@@ -56,7 +108,34 @@ impl SourceSpec {
 impl std::fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SourceSpec::Auto => f.write_str("auto"),
             SourceSpec::Sqlite(path) => write!(f, "{}", path.display()),
+            SourceSpec::Etcd(endpoint) => f.write_str(endpoint),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_kind_of_source() {
+        assert_eq!(SourceSpec::parse("auto").unwrap(), SourceSpec::Auto);
+        assert_eq!(
+            SourceSpec::parse("/data/state.db").unwrap(),
+            SourceSpec::Sqlite("/data/state.db".into())
+        );
+        assert_eq!(
+            SourceSpec::parse("https://127.0.0.1:2379/").unwrap(),
+            SourceSpec::Etcd("https://127.0.0.1:2379".into())
+        );
+        assert_eq!(
+            SourceSpec::parse("http://demo-etcd:2379").unwrap(),
+            SourceSpec::Etcd("http://demo-etcd:2379".into())
+        );
+        assert!(SourceSpec::parse("").is_err());
+        assert!(SourceSpec::parse("unix:///data/kine.sock").is_err());
+        assert!(SourceSpec::parse("https://host:2379/v3").is_err());
     }
 }

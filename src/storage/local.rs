@@ -62,6 +62,8 @@ impl Storage for LocalStorage {
         let partial = self
             .dir
             .join(format!("{PARTIAL_PREFIX}{key}.{}", std::process::id()));
+        // Removes the partial file even when this future is dropped mid-way (shutdown).
+        let _cleanup = RemoveOnDrop(&partial);
         let written = self.write_partial(&partial, body).await;
         // A hard link publishes the complete file under its name and, unlike
         // rename, fails rather than replace an existing backup.
@@ -71,7 +73,6 @@ impl Storage for LocalStorage {
                 .with_context(|| format!("publish {}", target.display())),
             Err(err) => Err(err),
         };
-        let _ = tokio::fs::remove_file(&partial).await;
         published?;
         sync_dir(&self.dir).await
     }
@@ -131,6 +132,14 @@ impl Storage for LocalStorage {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(err).with_context(|| format!("delete {}", path.display())),
         }
+    }
+}
+
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
     }
 }
 

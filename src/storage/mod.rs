@@ -8,7 +8,6 @@ mod s3;
 
 use std::fmt;
 use std::pin::Pin;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -50,11 +49,11 @@ pub trait Storage: Send + Sync {
     /// Removes an object; removing one that is already gone is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
 
-    /// Cleans up uploads started more than `older_than` ago and never finished
-    /// (an agent killed mid-upload); returns how many. Only S3 has such uploads.
-    // For the daemon's retention pass, which is not wired yet.
-    #[allow(dead_code)]
-    async fn abort_stale_uploads(&self, _older_than: Duration) -> Result<usize> {
+    /// Cleans up uploads a killed agent left unfinished (S3 multipart uploads)
+    /// that started before `cutoff`; returns how many. Backends that publish
+    /// atomically have nothing to clean.
+    async fn abort_stale_uploads(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        let _ = cutoff;
         Ok(0)
     }
 }

@@ -388,15 +388,9 @@ impl S3Storage {
     }
 
     /// Aborts the multipart uploads under this virtual cluster's prefix that
-    /// were started more than `older_than` ago: the leftovers of agents killed
-    /// mid-upload. Returns how many were aborted.
-    // Called by the daemon's retention pass, which is not wired yet.
-    #[allow(dead_code)]
-    pub async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize> {
-        let cutoff = chrono::TimeDelta::from_std(older_than)
-            .ok()
-            .and_then(|age| Utc::now().checked_sub_signed(age))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    /// were started before `cutoff`: the leftovers of agents killed mid-upload.
+    /// Returns how many were aborted.
+    async fn abort_uploads_started_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
         let mut aborted = 0;
         let mut key_marker: Option<String> = None;
         let mut upload_marker: Option<String> = None;
@@ -811,14 +805,13 @@ impl Storage for S3Storage {
         Ok(())
     }
 
-    async fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize> {
-        S3Storage::abort_stale_uploads(self, older_than).await
+    async fn abort_stale_uploads(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        self.abort_uploads_started_before(cutoff).await
     }
 }
 
 /// What a request was for: says which permission an AccessDenied lacks.
 #[derive(Debug, Clone, Copy)]
-#[allow(dead_code)] // ListUploads: see `abort_stale_uploads`
 enum Action {
     Put,
     Get,

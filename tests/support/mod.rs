@@ -483,7 +483,7 @@ pub fn require_tool(name: &str) {
         .is_ok();
     assert!(
         found,
-        "{name} is not installed: run `bash tests/setup.sh` (installs age, zstd and the Python venv)"
+        "{name} is not installed: run `scripts/setup` (installs age, zstd and the Python venv with moto and the AWS CLI)"
     );
 }
 
@@ -521,7 +521,7 @@ pub fn venv() -> PathBuf {
             let ok = out.as_ref().is_ok_and(|o| o.status.success()) && ready();
             assert!(
                 ok,
-                "could not set up the test venv at {} ({:?}): run `bash tests/setup.sh` \
+                "could not set up the test venv at {} ({:?}): run `scripts/setup` \
                  (needs python3 with venv and access to PyPI)",
                 dir.display(),
                 out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())

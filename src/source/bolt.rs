@@ -1,0 +1,389 @@
+//! The store revision of an etcd snapshot, read from the snapshot itself as
+//! it streams past.
+//!
+//! etcd's Snapshot RPC carries no revision, and asking `Status` before and
+//! after only brackets it while writes continue. The snapshot is a bbolt file:
+//! the revision is the largest key of its `key` bucket (keys are
+//! `<main rev BE>_<sub rev BE>[t]`), or the finished compaction revision in
+//! the `meta` bucket if that is larger, exactly as etcd computes it when it
+//! opens a restored store.
+//!
+//! A bbolt tree points anywhere in the file, so every page-aligned block is
+//! summarised (last key or child, and the few entries we look for) while it
+//! passes, and the tree is walked from the meta page at the end. Every block is
+//! treated as a possible page: free pages may hold stale headers whose
+//! `overflow` would otherwise hide live pages. Memory: a window of at most
+//! `WINDOW` bytes plus a few dozen bytes per page.
+
+use std::collections::HashMap;
+
+const META_MAGIC: u32 = 0xED0C_DAED;
+const BRANCH_PAGE: u16 = 0x01;
+const LEAF_PAGE: u16 = 0x02;
+const META_PAGE: u16 = 0x04;
+const BUCKET_LEAF: u32 = 0x01;
+const PAGE_HEADER: usize = 16;
+const ELEMENT: usize = 16;
+/// Offset of the checksum in the meta struct; bbolt hashes the bytes before it.
+const META_CHECKSUMMED: usize = 56;
+/// The most of one page looked at. etcd values are at most a few MiB, so the
+/// keys of even a page holding two of them lie within it.
+const WINDOW: usize = 8 << 20;
+/// Bytes before the oldest page still needed are dropped in steps this large.
+const DRAIN_STEP: usize = 1 << 20;
+
+const KEY_BUCKET: &[u8] = b"key";
+const META_BUCKET: &[u8] = b"meta";
+const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
+const PROBES: [&[u8]; 3] = [KEY_BUCKET, META_BUCKET, FINISHED_COMPACT];
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    root: u64,
+    txid: u64,
+    page_size: u64,
+}
+
+#[derive(Debug)]
+enum Bucket {
+    Root(u64),
+    Inline(Box<Leaf>),
+}
+
+#[derive(Debug, Default)]
+struct Leaf {
+    /// Main revision of the last key, when it is shaped like an etcd revision.
+    last_rev: Option<u64>,
+    /// `finishedCompactRev`, when this page holds it.
+    compacted: Option<u64>,
+    key_bucket: Option<Bucket>,
+    meta_bucket: Option<Bucket>,
+}
+
+#[derive(Debug)]
+enum Node {
+    /// The last child, and the child to follow for each of `PROBES`.
+    Branch {
+        last: u64,
+        probes: [u64; 3],
+    },
+    Leaf(Leaf),
+}
+
+/// Fed the snapshot's bytes in order (without etcd's trailing digest).
+pub struct RevisionScanner {
+    window: Vec<u8>,
+    /// Absolute offset of `window[0]`.
+    window_start: u64,
+    received: u64,
+    /// Absolute offset of the next block to summarise.
+    next: u64,
+    page_size: u64,
+    metas: Vec<Meta>,
+    pages: HashMap<u64, Node>,
+    broken: Option<String>,
+}
+
+impl Default for RevisionScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RevisionScanner {
+    pub fn new() -> Self {
+        RevisionScanner {
+            window: Vec::new(),
+            window_start: 0,
+            received: 0,
+            next: 0,
+            page_size: 0,
+            metas: Vec::new(),
+            pages: HashMap::new(),
+            broken: None,
+        }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.broken.is_some() {
+            return;
+        }
+        self.window.extend_from_slice(data);
+        self.received += data.len() as u64;
+        self.scan(false);
+    }
+
+    /// The revision a store restored from this snapshot starts at.
+    pub fn finish(mut self) -> Result<i64, String> {
+        if self.broken.is_none() {
+            self.scan(true);
+        }
+        if let Some(problem) = self.broken {
+            return Err(problem);
+        }
+        self.resolve()
+    }
+
+    fn scan(&mut self, at_end: bool) {
+        if self.page_size == 0 {
+            let need = (PAGE_HEADER + META_CHECKSUMMED + 8) as u64;
+            if self.received < need {
+                if at_end {
+                    self.broken = Some(format!("only {} bytes", self.received));
+                }
+                return;
+            }
+            match parse_meta(&self.window) {
+                Some(meta) if meta.page_size >= 512 => self.page_size = meta.page_size,
+                _ => {
+                    self.broken = Some("the first page is not a valid bbolt meta page".into());
+                    self.window = Vec::new();
+                    return;
+                }
+            }
+        }
+        while self.received >= self.next + PAGE_HEADER as u64 {
+            let at = (self.next - self.window_start) as usize;
+            let header = &self.window[at..at + PAGE_HEADER];
+            let flags = u16_le(header, 8).unwrap_or(0);
+            let overflow = u32_le(header, 12).unwrap_or(0) as u64;
+            let need = match flags {
+                BRANCH_PAGE | LEAF_PAGE => ((overflow + 1) * self.page_size).min(WINDOW as u64),
+                META_PAGE => self.page_size,
+                _ => PAGE_HEADER as u64,
+            };
+            let available = self.received - self.next;
+            if available < need && !at_end {
+                break;
+            }
+            let end = at + need.min(available) as usize;
+            let pgid = self.next / self.page_size;
+            match flags {
+                BRANCH_PAGE => {
+                    if let Some(node) = parse_branch(&self.window[at..end]) {
+                        self.pages.insert(pgid, node);
+                    }
+                }
+                LEAF_PAGE => {
+                    let leaf = parse_leaf(&self.window[at..end], true);
+                    self.pages.insert(pgid, Node::Leaf(leaf));
+                }
+                META_PAGE => {
+                    if let Some(meta) = parse_meta(&self.window[at..end]) {
+                        self.metas.push(meta);
+                    }
+                }
+                _ => {}
+            }
+            self.next += self.page_size;
+        }
+        let dead = (self.next.min(self.received) - self.window_start) as usize;
+        if dead >= DRAIN_STEP {
+            self.window.drain(..dead);
+            self.window_start += dead as u64;
+        }
+    }
+
+    fn resolve(&self) -> Result<i64, String> {
+        let meta = self
+            .metas
+            .iter()
+            .filter(|m| m.page_size == self.page_size)
+            .max_by_key(|m| m.txid)
+            .ok_or("no valid meta page")?;
+        let root = self.descend(meta.root, Some(0))?;
+        let keys = root.key_bucket.as_ref().ok_or("no key bucket")?;
+        let last_rev = match keys {
+            Bucket::Inline(leaf) => leaf.last_rev,
+            Bucket::Root(pgid) => self.descend(*pgid, None)?.last_rev,
+        };
+        let compacted = match &root.meta_bucket {
+            None => None,
+            Some(Bucket::Inline(leaf)) => leaf.compacted,
+            Some(Bucket::Root(pgid)) => self.descend(*pgid, Some(2))?.compacted,
+        };
+        // An empty store is at revision 1, as etcd starts it.
+        let revision = last_rev.unwrap_or(1).max(compacted.unwrap_or(0));
+        i64::try_from(revision).map_err(|_| format!("revision {revision} out of range"))
+    }
+
+    /// Walks from `pgid` to a leaf: towards probe `probe`, or rightmost.
+    fn descend(&self, mut pgid: u64, probe: Option<usize>) -> Result<&Leaf, String> {
+        for _ in 0..64 {
+            match self.pages.get(&pgid) {
+                Some(Node::Leaf(leaf)) => return Ok(leaf),
+                Some(Node::Branch { last, probes }) => {
+                    pgid = probe.map_or(*last, |p| probes[p]);
+                }
+                None => return Err(format!("page {pgid} is missing or unreadable")),
+            }
+        }
+        Err("the tree is deeper than 64 levels".into())
+    }
+}
+
+fn u16_le(data: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_le(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_le(data: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u64_be(data: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(data.get(..8)?.try_into().ok()?))
+}
+
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn parse_meta(page: &[u8]) -> Option<Meta> {
+    let meta = page.get(PAGE_HEADER..PAGE_HEADER + META_CHECKSUMMED + 8)?;
+    if u32_le(meta, 0)? != META_MAGIC
+        || fnv1a64(&meta[..META_CHECKSUMMED]) != u64_le(meta, META_CHECKSUMMED)?
+    {
+        return None;
+    }
+    Some(Meta {
+        page_size: u64::from(u32_le(meta, 8)?),
+        root: u64_le(meta, 16)?,
+        txid: u64_le(meta, 48)?,
+    })
+}
+
+/// The main revision of an etcd `key` bucket key: 8 bytes BE, `_`, 8 bytes BE, optional `t`.
+fn revision_of(key: &[u8]) -> Option<u64> {
+    if (key.len() == 17 || key.len() == 18) && key[8] == b'_' {
+        u64_be(key)
+    } else {
+        None
+    }
+}
+
+fn count(page: &[u8]) -> usize {
+    usize::from(u16_le(page, 10).unwrap_or(0))
+}
+
+fn parse_branch(page: &[u8]) -> Option<Node> {
+    let n = count(page);
+    if n == 0 {
+        return None;
+    }
+    let mut probes = [None; 3];
+    let mut first = None;
+    let mut last = None;
+    for i in 0..n {
+        let at = PAGE_HEADER + i * ELEMENT;
+        let (Some(pos), Some(ksize), Some(child)) =
+            (u32_le(page, at), u32_le(page, at + 4), u64_le(page, at + 8))
+        else {
+            break;
+        };
+        first.get_or_insert(child);
+        last = Some(child);
+        let start = at + pos as usize;
+        let Some(key) = page.get(start..start + ksize as usize) else {
+            continue;
+        };
+        // bbolt follows the last element whose key is not above the one sought.
+        for (probe, sought) in probes.iter_mut().zip(PROBES) {
+            if key <= sought {
+                *probe = Some(child);
+            }
+        }
+    }
+    let first = first?;
+    Some(Node::Branch {
+        last: last?,
+        probes: probes.map(|p| p.unwrap_or(first)),
+    })
+}
+
+/// Summarises a leaf page (or an inline bucket's page). Buckets are looked for
+/// only at the top: etcd never nests them.
+fn parse_leaf(page: &[u8], top: bool) -> Leaf {
+    let mut leaf = Leaf::default();
+    let n = count(page);
+    for i in 0..n {
+        let at = PAGE_HEADER + i * ELEMENT;
+        let (Some(flags), Some(pos), Some(ksize), Some(vsize)) = (
+            u32_le(page, at),
+            u32_le(page, at + 4),
+            u32_le(page, at + 8),
+            u32_le(page, at + 12),
+        ) else {
+            break;
+        };
+        let key_at = at + pos as usize;
+        let value_at = key_at + ksize as usize;
+        let Some(key) = page.get(key_at..value_at) else {
+            continue;
+        };
+        let value = page.get(value_at..value_at + vsize as usize);
+        if flags & BUCKET_LEAF != 0 {
+            if top && (key == KEY_BUCKET || key == META_BUCKET) {
+                let bucket = value.and_then(parse_bucket);
+                if key == KEY_BUCKET {
+                    leaf.key_bucket = bucket;
+                } else {
+                    leaf.meta_bucket = bucket;
+                }
+            }
+            continue;
+        }
+        if key == FINISHED_COMPACT {
+            leaf.compacted = value.and_then(u64_be);
+        }
+        if i + 1 == n {
+            leaf.last_rev = revision_of(key);
+        }
+    }
+    leaf
+}
+
+fn parse_bucket(value: &[u8]) -> Option<Bucket> {
+    match u64_le(value, 0)? {
+        0 => Some(Bucket::Inline(Box::new(parse_leaf(
+            value.get(16..)?,
+            false,
+        )))),
+        root => Some(Bucket::Root(root)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_keys_are_read_as_etcd_writes_them() {
+        let mut key = 42u64.to_be_bytes().to_vec();
+        key.push(b'_');
+        key.extend(7u64.to_be_bytes());
+        assert_eq!(revision_of(&key), Some(42));
+        key.push(b't');
+        assert_eq!(revision_of(&key), Some(42));
+        assert_eq!(revision_of(b"/registry/pods"), None);
+    }
+
+    #[test]
+    fn garbage_is_not_a_snapshot() {
+        let mut scanner = RevisionScanner::new();
+        scanner.feed(&[0x5a; 10_000]);
+        assert!(scanner.finish().is_err());
+        assert!(RevisionScanner::new().finish().is_err());
+    }
+
+    #[test]
+    fn fnv_matches_the_reference() {
+        // FNV-1a 64 of "a", from the reference test vectors.
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

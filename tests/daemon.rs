@@ -1,0 +1,439 @@
+//! The sidecar daemon as a process: schedule, retention, metrics and health
+//! endpoints, failures that must not make the pod NotReady, and shutdown.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(source: &Path, destination: &str, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let child = vcbackup()
+            .args([
+                "run",
+                "--name",
+                "demo",
+                "--no-encryption",
+                "--destination",
+                destination,
+            ])
+            .arg("--source")
+            .arg(source)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("VCBACKUP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon { child, port };
+        wait_for("the daemon to listen", Duration::from_secs(20), || {
+            http_get(port, "/readyz")
+        });
+        daemon
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path).unwrap_or_else(|| panic!("GET {path}: no answer"))
+    }
+
+    fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        metric(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
+
+    fn sigterm(&mut self) -> (std::process::ExitStatus, Duration, String) {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = self.child.wait().unwrap();
+        let elapsed = started.elapsed();
+        let mut stderr = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, elapsed, stderr)
+    }
+}
+
+/// Backup objects and manifests in a virtual cluster's folder, and anything else there.
+fn stored(dir: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut objects = Vec::new();
+    let mut manifests = Vec::new();
+    let mut other = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".zst") {
+            objects.push(name);
+        } else if name.ends_with(".zst.json") {
+            manifests.push(name);
+        } else {
+            other.push(name);
+        }
+    }
+    objects.sort();
+    manifests.sort();
+    (objects, manifests, other)
+}
+
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let problems = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && problems.trim().is_empty(),
+        "promtool check metrics: {problems}"
+    );
+}
+
+fn database(dir: &Path, bytes: u64) -> PathBuf {
+    let db = dir.join("state.db");
+    small_kine_db(&db, bytes);
+    db
+}
+
+#[test]
+fn backs_up_on_schedule_keeps_the_count_and_reports_clean_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database(tmp.path(), 256 << 10);
+    let dest = file_url(&tmp.path().join("backups"));
+    let mut daemon = Daemon::start(
+        &db,
+        &dest,
+        &["--schedule", "@every 2s", "--max-snapshots", "2"],
+    );
+    assert_eq!(daemon.get("/readyz").0, 200);
+    assert_eq!(daemon.get("/livez").0, 200);
+    assert_eq!(daemon.get("/nope").0, 404);
+
+    wait_for("four successful backups", Duration::from_secs(60), || {
+        (daemon.metric("vcbackup_backups_total{result=\"success\"}") >= 4.0).then_some(())
+    });
+    let (_, text) = daemon.get("/metrics");
+    promtool_check(&text);
+    for sample in [
+        "vcbackup_last_success_timestamp_seconds",
+        "vcbackup_last_attempt_timestamp_seconds",
+        "vcbackup_next_run_timestamp_seconds",
+        "vcbackup_backup_duration_seconds_count",
+        "vcbackup_last_backup_size_bytes{stage=\"source\"}",
+        "vcbackup_last_backup_size_bytes{stage=\"stored\"}",
+        "vcbackup_retention_deleted_total",
+    ] {
+        assert!(
+            metric(&text, sample).unwrap_or(0.0) > 0.0,
+            "{sample} did not move:\n{text}"
+        );
+    }
+    assert_eq!(
+        metric(&text, "vcbackup_backups_total{result=\"failure\"}"),
+        Some(0.0)
+    );
+    assert_eq!(metric(&text, "vcbackup_snapshots_stored"), Some(2.0));
+    assert_eq!(
+        metric(&text, "vcbackup_schedule_interval_seconds"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, "vcbackup_build_info{version=\"0.1.0\"}"),
+        Some(1.0)
+    );
+    assert!(
+        text.contains("process_resident_memory_bytes"),
+        "no process metrics"
+    );
+
+    let (status, body) = daemon.get("/status");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        json["last_success"]["backup"]
+            .as_str()
+            .unwrap()
+            .starts_with("demo-")
+    );
+    assert!(json["next_run"].is_string());
+    assert_eq!(json["recent_backups"].as_array().unwrap().len(), 2);
+
+    let (status, elapsed, _) = daemon.sigterm();
+    assert!(status.success(), "exit status {status}");
+    assert!(elapsed < Duration::from_secs(10));
+    // Retention kept the newest two, objects and manifests together.
+    let (objects, manifests, other) = stored(&tmp.path().join("backups/demo"));
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert_eq!(
+        manifests,
+        objects
+            .iter()
+            .map(|o| format!("{o}.json"))
+            .collect::<Vec<_>>()
+    );
+    assert!(other.is_empty(), "{other:?}");
+}
+
+#[test]
+fn a_failing_destination_counts_failures_but_stays_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database(tmp.path(), 256 << 10);
+    // A regular file where the destination directory should be.
+    let blocked = tmp.path().join("not-a-dir");
+    std::fs::write(&blocked, b"x").unwrap();
+    let daemon = Daemon::start(&db, &file_url(&blocked), &["--schedule", "@every 1s"]);
+    wait_for("two storage failures", Duration::from_secs(30), || {
+        (daemon.metric("vcbackup_backup_failures_total{stage=\"storage\"}") >= 2.0).then_some(())
+    });
+    assert_eq!(daemon.get("/readyz").0, 200);
+    assert_eq!(daemon.get("/livez").0, 200);
+    assert!(daemon.metric("vcbackup_backups_total{result=\"failure\"}") >= 2.0);
+    assert_eq!(
+        daemon.metric("vcbackup_backups_total{result=\"success\"}"),
+        0.0
+    );
+    assert_eq!(
+        daemon.metric("vcbackup_last_success_timestamp_seconds"),
+        0.0
+    );
+    let json: serde_json::Value = serde_json::from_str(&daemon.get("/status").1).unwrap();
+    assert_eq!(json["last_failure"]["stage"], "storage");
+    assert!(
+        json["last_failure"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not-a-dir"),
+        "{json}"
+    );
+}
+
+#[test]
+fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Big enough, at a slow level, that the backup outlasts the shutdown timeout.
+    let db = database(tmp.path(), 48 << 20);
+    let dest = file_url(&tmp.path().join("backups"));
+    let mut daemon = Daemon::start(
+        &db,
+        &dest,
+        &[
+            "--schedule",
+            "@daily",
+            "--compression-level",
+            "19",
+            "--compression-threads",
+            "1",
+            "--shutdown-timeout",
+            "1s",
+        ],
+    );
+    // Catch-up starts a backup at once (storage is empty).
+    wait_for("a backup in progress", Duration::from_secs(20), || {
+        (daemon.metric("vcbackup_backup_in_progress") == 1.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, elapsed, stderr) = daemon.sigterm();
+    assert!(status.success(), "exit status {status}: {stderr}");
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?} to stop");
+    assert!(stderr.contains("backup aborted"), "{stderr}");
+    let (objects, manifests, other) = stored(&tmp.path().join("backups/demo"));
+    assert!(
+        objects.is_empty() && manifests.is_empty() && other.is_empty(),
+        "left {objects:?} {manifests:?} {other:?}"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_short_backup_finish_and_backup_on_shutdown_takes_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database(tmp.path(), 256 << 10);
+    let dest = file_url(&tmp.path().join("backups"));
+    // No catch-up and a far schedule: the only backup is the final one.
+    let mut daemon = Daemon::start(
+        &db,
+        &dest,
+        &[
+            "--schedule",
+            "@weekly",
+            "--no-catch-up",
+            "--backup-on-shutdown",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        daemon.metric("vcbackup_backups_total{result=\"success\"}"),
+        0.0
+    );
+    let (status, elapsed, stderr) = daemon.sigterm();
+    assert!(status.success(), "{stderr}");
+    assert!(elapsed < Duration::from_secs(9));
+    let (objects, manifests, _) = stored(&tmp.path().join("backups/demo"));
+    assert_eq!((objects.len(), manifests.len()), (1, 1), "{stderr}");
+}
+
+#[test]
+fn catches_up_at_start_only_when_the_newest_backup_is_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database(tmp.path(), 256 << 10);
+    let dest = file_url(&tmp.path().join("backups"));
+    let dir = tmp.path().join("backups/demo");
+
+    let mut no_catch_up = Daemon::start(&db, &dest, &["--schedule", "@daily", "--no-catch-up"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        no_catch_up.metric("vcbackup_backups_total{result=\"success\"}"),
+        0.0
+    );
+    no_catch_up.sigterm();
+    assert!(stored(&dir).0.is_empty());
+
+    let mut catch_up = Daemon::start(&db, &dest, &["--schedule", "@daily"]);
+    wait_for("the catch-up backup", Duration::from_secs(30), || {
+        (catch_up.metric("vcbackup_backups_total{result=\"success\"}") == 1.0).then_some(())
+    });
+    catch_up.sigterm();
+
+    // The newest backup is fresh now: a restart takes none.
+    let mut fresh = Daemon::start(&db, &dest, &["--schedule", "@daily"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        fresh.metric("vcbackup_backups_total{result=\"success\"}"),
+        0.0
+    );
+    assert_eq!(fresh.metric("vcbackup_snapshots_stored"), 1.0);
+    fresh.sigterm();
+    assert_eq!(stored(&dir).0.len(), 1);
+}
+
+#[test]
+fn bad_configuration_is_refused_before_starting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database(tmp.path(), 64 << 10);
+    let dest = file_url(&tmp.path().join("backups"));
+    let cases = [
+        (
+            vec!["--schedule", "0 */12 * *"],
+            "invalid schedule \"0 */12 * *\"",
+        ),
+        (
+            vec!["--schedule", "@fortnightly"],
+            "invalid schedule \"@fortnightly\"",
+        ),
+        (
+            vec!["--timezone", "Mars/Olympus"],
+            "unknown time zone \"Mars/Olympus\"",
+        ),
+        (vec!["--jitter", "soon"], "invalid duration \"soon\""),
+        (
+            vec!["--listen", "not-an-address"],
+            "listen on not-an-address",
+        ),
+    ];
+    for (args, expected) in cases {
+        let err = error_line(&fails(
+            vcbackup()
+                .args([
+                    "run",
+                    "--name",
+                    "demo",
+                    "--no-encryption",
+                    "--destination",
+                    &dest,
+                ])
+                .arg("--source")
+                .arg(&db)
+                .args(&args),
+        ));
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn prune_prints_its_plan_and_dry_run_deletes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database(tmp.path(), 64 << 10);
+    let dest = file_url(&tmp.path().join("backups"));
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let out = ok(vcbackup()
+            .args([
+                "backup",
+                "--name",
+                "demo",
+                "--no-encryption",
+                "--destination",
+                &dest,
+            ])
+            .arg("--source")
+            .arg(&db));
+        names.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let prune = |extra: &[&str]| {
+        let out = ok(vcbackup()
+            .args([
+                "prune",
+                "--name",
+                "demo",
+                "--destination",
+                &dest,
+                "--max-snapshots",
+                "1",
+            ])
+            .args(extra));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plan = prune(&["--dry-run"]);
+    assert!(
+        plan.contains(&format!("would delete {} (beyond the newest 1)", names[0])),
+        "{plan}"
+    );
+    assert!(plan.contains(&format!("keep {}", names[2])), "{plan}");
+    assert_eq!(stored(&tmp.path().join("backups/demo")).0.len(), 3);
+    let done = prune(&[]);
+    assert!(done.contains(&format!("deleted {}", names[1])), "{done}");
+    let (objects, manifests, _) = stored(&tmp.path().join("backups/demo"));
+    assert_eq!(objects, [names[2].clone()]);
+    assert_eq!(manifests.len(), 1);
+    // A foreign file in the folder is never touched.
+    std::fs::write(tmp.path().join("backups/demo/notes.txt"), b"mine").unwrap();
+    prune(&[]);
+    assert!(tmp.path().join("backups/demo/notes.txt").exists());
+}

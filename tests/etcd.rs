@@ -1,0 +1,725 @@
+//! The etcd source against a real etcd (Debian's etcd-server) on loopback:
+//! backups over plain HTTP and over TLS with client certificates laid out as in
+//! a vCluster pod, restored with `etcdctl snapshot restore` and read back from
+//! a restarted etcd; consistency under concurrent writes; the errors a user
+//! meets. Tools missing make the tests fail: run the setup.
+
+use std::collections::BTreeSet;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const SETUP: &str =
+    "run scripts/setup (it installs etcd-server, etcd-client, age, zstd and openssl)";
+
+fn tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| panic!("`{name}` is missing: {SETUP}"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let output = run(cmd);
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Certificates as a vCluster pod has them, generated with the openssl CLI.
+struct Pki {
+    /// `<data-dir>` holding `pki/etcd/ca.crt`, `pki/apiserver-etcd-client.{crt,key}`.
+    data_dir: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    ok(Command::new(tool("openssl")).current_dir(dir).args(args));
+}
+
+/// A CA `NAME.crt`/`NAME.key` in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+/// A certificate `NAME.crt`/`NAME.key` signed by CA `ca`, with extensions `ext`.
+fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+const SERVER_EXT: &str = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
+const CLIENT_EXT: &str = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n";
+
+impl Pki {
+    fn new(root: &Path) -> Pki {
+        let work = root.join("certs");
+        std::fs::create_dir_all(&work).unwrap();
+        make_ca(&work, "ca");
+        make_cert(&work, "ca", "server", "etcd", SERVER_EXT);
+        make_cert(
+            &work,
+            "ca",
+            "client",
+            "kube-apiserver-etcd-client",
+            CLIENT_EXT,
+        );
+        let data_dir = root.join("data");
+        let pki = data_dir.join("pki");
+        std::fs::create_dir_all(pki.join("etcd")).unwrap();
+        std::fs::copy(work.join("ca.crt"), pki.join("etcd/ca.crt")).unwrap();
+        std::fs::copy(
+            work.join("client.crt"),
+            pki.join("apiserver-etcd-client.crt"),
+        )
+        .unwrap();
+        std::fs::copy(
+            work.join("client.key"),
+            pki.join("apiserver-etcd-client.key"),
+        )
+        .unwrap();
+        Pki {
+            data_dir,
+            server_cert: work.join("server.crt"),
+            server_key: work.join("server.key"),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.data_dir.join("pki/etcd/ca.crt")
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.data_dir.join("pki/apiserver-etcd-client.crt")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.data_dir.join("pki/apiserver-etcd-client.key")
+    }
+}
+
+/// One etcd member on loopback, killed on drop.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    _log: PathBuf,
+}
+
+impl Etcd {
+    /// Starts a fresh member in `data_dir`, or one restored there with name `name` and `peer`.
+    fn start(data_dir: &Path, name: &str, peer: Option<String>, pki: Option<&Pki>) -> Etcd {
+        let client_port = free_port();
+        let peer_url = peer.unwrap_or_else(|| format!("http://127.0.0.1:{}", free_port()));
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
+        let log = data_dir.with_extension("log");
+        let mut cmd = Command::new(tool("etcd"));
+        cmd.args(["--name", name, "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("{name}={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let tls = pki.map(|pki| {
+            cmd.arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key)
+                .arg("--trusted-ca-file")
+                .arg(pki.ca())
+                .arg("--client-cert-auth");
+            (pki.ca(), pki.cert(), pki.key())
+        });
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start etcd: {e}; {SETUP}"));
+        let etcd = Etcd {
+            child,
+            endpoint,
+            tls,
+            _log: log.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(("127.0.0.1", client_port)).is_ok()
+                && run(etcd.etcdctl().args(["endpoint", "health"]))
+                    .status
+                    .success()
+            {
+                return etcd;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn etcdctl(&self) -> Command {
+        let mut cmd = Command::new(tool("etcdctl"));
+        cmd.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &self.endpoint,
+            "--command-timeout",
+            "20s",
+        ]);
+        if let Some((ca, cert, key)) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(ca)
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key);
+        }
+        cmd
+    }
+
+    fn put(&self, key: &str, value: &str) {
+        ok(self.etcdctl().args(["put", key, value]));
+    }
+
+    /// Keys under `prefix` with their mod revision, and the store's revision.
+    fn keys(&self, prefix: &str) -> (Vec<(String, String, i64)>, i64) {
+        let json = ok(self
+            .etcdctl()
+            .args(["get", "--prefix", prefix, "-w", "json"]));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let decode = |v: &serde_json::Value| {
+            let text = v.as_str().unwrap();
+            String::from_utf8(base64_decode(text)).unwrap()
+        };
+        let kvs = value["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| {
+                        (
+                            decode(&kv["key"]),
+                            decode(&kv["value"]),
+                            kv["mod_revision"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (kvs, value["header"]["revision"].as_i64().unwrap())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn vcbackup() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vcbackup"));
+    // Nothing from the environment of whoever runs the tests.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("VCBACKUP_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// An age identity and its recipient.
+fn age_key(dir: &Path) -> (PathBuf, String) {
+    let identity = dir.join("identity.txt");
+    let output = run(Command::new(tool("age-keygen")).arg("-o").arg(&identity));
+    assert!(output.status.success(), "age-keygen failed");
+    let text = std::fs::read_to_string(&identity).unwrap();
+    let recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_string();
+    (identity, recipient)
+}
+
+/// Takes a backup of `source` into `dest` and returns its manifest.
+fn backup(source: &str, dest: &Path, extra: &[&str]) -> serde_json::Value {
+    let output = run(vcbackup()
+        .args([
+            "backup",
+            "--source",
+            source,
+            "--name",
+            "demo",
+            "--destination",
+        ])
+        .arg(format!("file://{}", dest.display()))
+        .args(extra));
+    assert!(
+        output.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let name = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let manifest = std::fs::read(dest.join("demo").join(format!("{name}.json"))).unwrap();
+    serde_json::from_slice(&manifest).unwrap()
+}
+
+/// `etcdctl snapshot restore` of `snapshot`, then etcd started on the result.
+fn restore_and_start(snapshot: &Path, dir: &Path, name: &str) -> Etcd {
+    let data_dir = dir.join(format!("{name}-restored"));
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    ok(Command::new(tool("etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(snapshot)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--name", name, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("{name}={peer}")]));
+    Etcd::start(&data_dir, name, Some(peer), None)
+}
+
+fn assert_keys(etcd: &Etcd, count: usize) {
+    let (kvs, _) = etcd.keys("/registry/");
+    let expected: Vec<(String, String)> = (0..count)
+        .map(|i| {
+            (
+                format!("/registry/pods/default/p{i:03}"),
+                format!("pod {i}"),
+            )
+        })
+        .collect();
+    let mut actual: Vec<(String, String)> = kvs.into_iter().map(|(k, v, _)| (k, v)).collect();
+    actual.sort();
+    assert_eq!(actual, expected);
+}
+
+fn put_pods(etcd: &Etcd, count: usize) {
+    for i in 0..count {
+        etcd.put(
+            &format!("/registry/pods/default/p{i:03}"),
+            &format!("pod {i}"),
+        );
+    }
+}
+
+#[test]
+fn plain_http_backup_restores_with_etcdctl() {
+    let dir = TempDir::new().unwrap();
+    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    put_pods(&etcd, 12);
+    let (identity, recipient) = age_key(dir.path());
+    let dest = dir.path().join("backups");
+    let manifest = backup(&etcd.endpoint, &dest, &["--recipient", &recipient]);
+    assert_eq!(manifest["kind"], "etcd");
+    assert_eq!(
+        manifest["etcd"]["server_version"].as_str().unwrap(),
+        "3.4.23"
+    );
+    assert!(!manifest["etcd"]["cluster_id"].as_str().unwrap().is_empty());
+    let (_, revision) = etcd.keys("/registry/");
+    assert_eq!(manifest["revision"].as_i64(), Some(revision));
+    drop(etcd);
+
+    // vcbackup restore: the snapshot file, digest intact.
+    let snapshot = dir.path().join("snapshot.db");
+    ok(vcbackup()
+        .args(["restore", "latest", "--name", "demo", "--destination"])
+        .arg(format!("file://{}", dest.display()))
+        .arg("--to")
+        .arg(&snapshot)
+        .arg("-i")
+        .arg(&identity));
+    // age -d | zstd -d gives the same bytes.
+    let name = manifest["name"].as_str().unwrap();
+    let stored = dest.join("demo").join(name);
+    let piped = dir.path().join("piped.db");
+    ok(Command::new("sh").arg("-c").arg(format!(
+        "{} -d -i '{}' '{}' | {} -d -q -o '{}'",
+        tool("age").display(),
+        identity.display(),
+        stored.display(),
+        tool("zstd").display(),
+        piped.display()
+    )));
+    assert_eq!(
+        std::fs::read(&snapshot).unwrap(),
+        std::fs::read(&piped).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(&snapshot).unwrap().len(),
+        manifest["size"].as_u64().unwrap()
+    );
+
+    let restored = restore_and_start(&snapshot, dir.path(), "vc");
+    assert_keys(&restored, 12);
+    assert_eq!(restored.keys("/registry/").1, revision);
+}
+
+#[test]
+fn tls_with_client_certificates_as_in_a_vcluster_pod() {
+    let dir = TempDir::new().unwrap();
+    let pki = Pki::new(dir.path());
+    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, Some(&pki));
+    put_pods(&etcd, 7);
+    let (identity, recipient) = age_key(dir.path());
+    let dest = dir.path().join("backups");
+    // No certificate flags: the defaults under --data-dir are the vCluster files.
+    let manifest = backup(
+        &etcd.endpoint,
+        &dest,
+        &[
+            "--recipient",
+            &recipient,
+            "--data-dir",
+            pki.data_dir.to_str().unwrap(),
+        ],
+    );
+    let (_, revision) = etcd.keys("/registry/");
+    assert_eq!(manifest["revision"].as_i64(), Some(revision));
+    drop(etcd);
+
+    // decrypt of the downloaded file, checked against the manifest beside it.
+    let stored = dest.join("demo").join(manifest["name"].as_str().unwrap());
+    let snapshot = dir.path().join("snapshot.db");
+    ok(vcbackup()
+        .arg("decrypt")
+        .arg(&stored)
+        .arg("-o")
+        .arg(&snapshot)
+        .arg("-i")
+        .arg(&identity));
+    let restored = restore_and_start(&snapshot, dir.path(), "vc");
+    assert_keys(&restored, 7);
+}
+
+#[test]
+fn consistent_while_a_writer_keeps_writing() {
+    let dir = TempDir::new().unwrap();
+    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    // A few MiB, so the snapshot takes a while and the writer lands in it.
+    let big = "x".repeat(64 * 1024);
+    for i in 0..64 {
+        etcd.put(&format!("/registry/configmaps/big{i:02}"), &big);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let written = Arc::clone(&written);
+        let endpoint = etcd.endpoint.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let output = run(Command::new(tool("etcdctl")).env("ETCDCTL_API", "3").args([
+                    "--endpoints",
+                    &endpoint,
+                    "put",
+                    &format!("/w/{i:06}"),
+                    "v",
+                ]));
+                assert!(output.status.success(), "writer failed");
+                i += 1;
+                written.store(i, Ordering::Relaxed);
+            }
+        })
+    };
+    while written.load(Ordering::Relaxed) < 5 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dest = dir.path().join("backups");
+    let manifest = backup(&etcd.endpoint, &dest, &["--no-encryption"]);
+    let at_backup = written.load(Ordering::Relaxed);
+    while written.load(Ordering::Relaxed) < at_backup + 5 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+
+    let revision = manifest["revision"].as_i64().expect("revision in manifest");
+    let listed = ok(vcbackup()
+        .args([
+            "list",
+            "--output",
+            "json",
+            "--name",
+            "demo",
+            "--destination",
+        ])
+        .arg(format!("file://{}", dest.display())));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["revision"].as_i64(), Some(revision));
+
+    let (all, _) = etcd.keys("/w/");
+    let expected: BTreeSet<String> = all
+        .iter()
+        .filter(|(_, _, rev)| *rev <= revision)
+        .map(|(k, _, _)| k.clone())
+        .collect();
+    assert!(
+        !expected.is_empty() && expected.len() < all.len(),
+        "the writer wrote before and after the snapshot"
+    );
+    drop(etcd);
+
+    let snapshot = dir.path().join("snapshot.db");
+    ok(vcbackup()
+        .args(["restore", "--name", "demo", "--destination"])
+        .arg(format!("file://{}", dest.display()))
+        .arg("--to")
+        .arg(&snapshot));
+    let restored = restore_and_start(&snapshot, dir.path(), "vc");
+    let (kvs, restored_revision) = restored.keys("/w/");
+    let actual: BTreeSet<String> = kvs.into_iter().map(|(k, _, _)| k).collect();
+    assert_eq!(restored_revision, revision);
+    assert_eq!(actual, expected);
+}
+
+fn backup_fails(args: &[&str]) -> String {
+    let dest = TempDir::new().unwrap();
+    let output = run(vcbackup()
+        .args([
+            "backup",
+            "--name",
+            "demo",
+            "--no-encryption",
+            "--destination",
+        ])
+        .arg(format!("file://{}", dest.path().display()))
+        .args(args));
+    assert!(!output.status.success(), "backup should fail: {args:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let entries = std::fs::read_dir(dest.path().join("demo"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(entries, 0, "a failed backup leaves nothing behind");
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or(&stderr)
+        .to_string()
+}
+
+#[test]
+fn wrong_certificates_and_unreachable_endpoints_say_so() {
+    let dir = TempDir::new().unwrap();
+    let pki = Pki::new(dir.path());
+    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, Some(&pki));
+    let data_dir = pki.data_dir.to_str().unwrap();
+
+    // A CA that did not sign etcd's server certificate.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    make_ca(&other, "ca");
+    make_cert(&other, "ca", "client", "intruder", CLIENT_EXT);
+    let other_ca = other.join("ca.crt");
+    let err = backup_fails(&[
+        "--source",
+        &etcd.endpoint,
+        "--data-dir",
+        data_dir,
+        "--etcd-cacert",
+        other_ca.to_str().unwrap(),
+    ]);
+    assert!(err.contains(&etcd.endpoint), "{err}");
+    assert!(
+        err.contains("TLS failed") && err.contains("--etcd-cacert"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+
+    // A client certificate etcd does not trust.
+    let err = backup_fails(&[
+        "--source",
+        &etcd.endpoint,
+        "--data-dir",
+        data_dir,
+        "--etcd-cert",
+        other.join("client.crt").to_str().unwrap(),
+        "--etcd-key",
+        other.join("client.key").to_str().unwrap(),
+    ]);
+    assert!(err.contains(&etcd.endpoint), "{err}");
+    assert!(err.contains("rejected the client certificate"), "{err}");
+
+    // Auth on: the certificate's CN names a user without the root role.
+    ok(etcd.etcdctl().args(["user", "add", "root:root-password"]));
+    ok(etcd.etcdctl().args(["user", "grant-role", "root", "root"]));
+    ok(etcd
+        .etcdctl()
+        .args(["user", "add", "kube-apiserver-etcd-client:unused-password"]));
+    ok(etcd.etcdctl().args(["auth", "enable"]));
+    let err = backup_fails(&["--source", &etcd.endpoint, "--data-dir", data_dir]);
+    assert!(err.contains(&etcd.endpoint), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("root role"),
+        "{err}"
+    );
+
+    // Nothing listens there.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let err = backup_fails(&["--source", &nowhere]);
+    assert!(err.contains(&nowhere), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("reachable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_detection_reports_what_it_chose_and_where_it_looked() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let data_arg = data.to_str().unwrap();
+
+    let err = backup_fails(&["--data-dir", data_arg]);
+    for place in ["state.db", "server/db/state.db", "etcd"] {
+        assert!(
+            err.contains(&data.join(place).display().to_string()),
+            "{place}: {err}"
+        );
+    }
+
+    // Embedded etcd whose certificates never arrive: it waits, then names them.
+    std::fs::create_dir(data.join("etcd")).unwrap();
+    let output = run(vcbackup()
+        .args([
+            "backup",
+            "--name",
+            "demo",
+            "--no-encryption",
+            "--wait-for-certs",
+            "1s",
+        ])
+        .args(["--data-dir", data_arg, "--destination"])
+        .arg(format!("file://{}", dir.path().join("b").display())));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("embedded etcd at https://127.0.0.1:2379"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("waiting for the etcd client certificates"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("apiserver-etcd-client.key"), "{stderr}");
+
+    // The k3s layout wins over embedded etcd and is opened as SQLite.
+    std::fs::create_dir_all(data.join("server/db")).unwrap();
+    std::fs::write(data.join("server/db/state.db"), b"not a database").unwrap();
+    let output = run(vcbackup()
+        .args([
+            "backup",
+            "--name",
+            "demo",
+            "--no-encryption",
+            "--data-dir",
+            data_arg,
+        ])
+        .arg("--destination")
+        .arg(format!("file://{}", dir.path().join("b").display())));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("k3s distro layout"), "{stderr}");
+    assert!(
+        stderr.contains("server/db/state.db: not an SQLite database"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,733 @@
+//! Scenarios for the local-directory slice: consistent SQLite backups while a
+//! writer commits, interoperability with the real `age` and `zstd` CLIs, and
+//! every bad input with its one-line message.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use rusqlite::Connection;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    dest: String,
+    keys: Keys,
+}
+
+fn setup(db_bytes: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    small_kine_db(&db, db_bytes);
+    let dest = file_url(&dir.path().join("backups"));
+    let keys = age_keys(dir.path(), "key.txt");
+    Setup {
+        dir,
+        db,
+        dest,
+        keys,
+    }
+}
+
+impl Setup {
+    fn backup(&self) -> Command {
+        let mut cmd = vcbackup();
+        cmd.args([
+            "backup",
+            "--name",
+            "demo",
+            "--destination",
+            &self.dest,
+            "--recipient",
+            &self.keys.recipient,
+        ]);
+        cmd.arg("--source").arg(&self.db);
+        cmd
+    }
+
+    fn restore(&self, to: &Path) -> Command {
+        let mut cmd = vcbackup();
+        cmd.args([
+            "restore",
+            "--name",
+            "demo",
+            "--destination",
+            &self.dest,
+            "--identity",
+        ]);
+        cmd.arg(&self.keys.identity).arg("--to").arg(to);
+        cmd
+    }
+
+    fn backup_dir(&self) -> PathBuf {
+        self.dir.path().join("backups/demo")
+    }
+
+    fn stored_object(&self, name: &str) -> PathBuf {
+        self.backup_dir().join(name)
+    }
+}
+
+fn take_backup(setup: &Setup) -> String {
+    String::from_utf8(ok(&mut setup.backup()).stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A kine-shaped writer: each transaction inserts three rows named after its
+/// number, the way one Kubernetes update writes a key and its neighbours.
+/// It never waits on a lock (busy timeout 0), so a reader that blocked it
+/// would show up as an error.
+struct Writer {
+    acked: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<i64, String>>,
+}
+
+const ROWS_PER_TXN: i64 = 3;
+
+fn start_writer(db: &Path) -> Writer {
+    let acked = Arc::new(AtomicI64::new(-1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (a, s, path) = (acked.clone(), stop.clone(), db.to_path_buf());
+    let handle = std::thread::spawn(move || -> Result<i64, String> {
+        let mut conn = Connection::open(&path).map_err(|e| e.to_string())?;
+        conn.busy_timeout(Duration::ZERO)
+            .map_err(|e| e.to_string())?;
+        let mut rng = rand::rng();
+        let mut txn = 0i64;
+        while !s.load(Ordering::SeqCst) {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| format!("txn {txn}: begin: {e}"))?;
+            for k in 0..ROWS_PER_TXN {
+                let key = format!("/registry/txn/{txn:08}/{k}");
+                let value = kine::object(&mut rng, &key, txn);
+                tx.execute(
+                    "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
+                     VALUES (?1, 1, 0, 0, 0, 0, ?2, x'')",
+                    rusqlite::params![key, value],
+                )
+                .map_err(|e| format!("txn {txn}: insert: {e}"))?;
+            }
+            tx.commit().map_err(|e| format!("txn {txn}: commit: {e}"))?;
+            a.store(txn, Ordering::SeqCst);
+            txn += 1;
+        }
+        Ok(txn)
+    });
+    Writer {
+        acked,
+        stop,
+        handle,
+    }
+}
+
+/// The writer's transactions present in a restored database: must be 0..=n, each whole.
+fn committed_prefix(db: &Path) -> i64 {
+    let conn = Connection::open(db).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let mut stmt = conn
+        .prepare(
+            "SELECT CAST(substr(name, 15, 8) AS INTEGER) AS txn, count(*) FROM kine
+             WHERE name LIKE '/registry/txn/%' GROUP BY txn ORDER BY txn",
+        )
+        .unwrap();
+    let groups: Vec<(i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (i, (txn, rows)) in groups.iter().enumerate() {
+        assert_eq!(
+            *txn, i as i64,
+            "transactions must form a prefix, found a gap before {txn}"
+        );
+        assert_eq!(
+            *rows, ROWS_PER_TXN,
+            "transaction {txn} is partial: {rows} rows"
+        );
+    }
+    groups.len() as i64 - 1
+}
+
+#[test]
+fn backups_under_a_live_writer_hold_exactly_a_prefix_of_its_commits() {
+    let s = setup(8 << 20);
+    let schema_before: i64 = Connection::open(&s.db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    let writer = start_writer(&s.db);
+    while writer.acked.load(Ordering::SeqCst) < 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        let acked_before = writer.acked.load(Ordering::SeqCst);
+        let name = take_backup(&s);
+        let acked_after = writer.acked.load(Ordering::SeqCst);
+        taken.push((name, acked_before, acked_after));
+    }
+    writer.stop.store(true, Ordering::SeqCst);
+    let total = writer
+        .handle
+        .join()
+        .unwrap()
+        .expect("the writer must never see an error");
+
+    for (i, (name, before, after)) in taken.iter().enumerate() {
+        assert!(after > before, "the writer was stalled during backup {i}");
+        let to = s.dir.path().join(format!("restored-{i}.db"));
+        ok(s.restore(&to).arg(name).args(["--bump-revision", "0"]));
+        let prefix = committed_prefix(&to);
+        assert!(
+            prefix >= *before,
+            "backup {i} lost acknowledged commit {before} (has up to {prefix})"
+        );
+        assert!(
+            prefix <= *after,
+            "backup {i} holds commits from after it finished"
+        );
+    }
+    assert!(total > taken.last().unwrap().2);
+
+    // Nothing was written into the source: same tables, still WAL.
+    let conn = Connection::open(&s.db).unwrap();
+    let schema_after: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(schema_before, schema_after);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_backup_does_not_modify_the_source_file() {
+    let s = setup(1 << 20);
+    let before = sha256(&s.db);
+    let mtime = std::fs::metadata(&s.db).unwrap().modified().unwrap();
+    take_backup(&s);
+    assert_eq!(sha256(&s.db), before);
+    assert_eq!(std::fs::metadata(&s.db).unwrap().modified().unwrap(), mtime);
+}
+
+#[test]
+fn the_age_and_zstd_clis_read_what_we_write_byte_for_byte() {
+    let s = setup(2 << 20);
+    let name = take_backup(&s);
+    let restored = s.dir.path().join("restored.db");
+    ok(s.restore(&restored)
+        .args(["latest", "--bump-revision", "0"]));
+
+    let plain = s.dir.path().join("cli.db");
+    let mut age = Command::new(tool("age"))
+        .arg("-d")
+        .arg("-i")
+        .arg(&s.keys.identity)
+        .arg(s.stored_object(&name))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let zstd = Command::new(tool("zstd"))
+        .args(["-d", "-q", "-o"])
+        .arg(&plain)
+        .stdin(age.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(zstd.success() && age.wait().unwrap().success());
+    assert_eq!(
+        sha256(&plain),
+        sha256(&restored),
+        "CLI output differs from restore --bump-revision 0"
+    );
+
+    // And the manifest's plaintext SHA-256 is what the CLIs produced.
+    let listed = list_json(&s.dest, "demo");
+    assert_eq!(listed[0]["sha256"].as_str().unwrap(), sha256(&plain));
+    assert_eq!(listed[0]["name"].as_str().unwrap(), name);
+
+    // The restored file is a working kine database in WAL mode.
+    let conn = Connection::open(&plain).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn we_decrypt_what_the_age_and_zstd_clis_write() {
+    let s = setup(1 << 20);
+    let sealed = s.dir.path().join("by-cli.zst.age");
+    let mut zstd = Command::new(tool("zstd"))
+        .args(["-3", "-q", "-c"])
+        .arg(&s.db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = Command::new(tool("age"))
+        .args(["-r", &s.keys.recipient, "-o"])
+        .arg(&sealed)
+        .stdin(zstd.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success() && zstd.wait().unwrap().success());
+    let out = s.dir.path().join("out.db");
+    ok(vcbackup()
+        .arg("decrypt")
+        .arg(&sealed)
+        .arg("--identity")
+        .arg(&s.keys.identity)
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(sha256(&out), sha256(&s.db));
+
+    // Standard input to standard output too.
+    let piped = ok(vcbackup()
+        .args(["decrypt", "-", "-o", "-", "--identity"])
+        .arg(&s.keys.identity)
+        .stdin(std::fs::File::open(&sealed).unwrap()));
+    assert_eq!(piped.stdout, std::fs::read(&s.db).unwrap());
+}
+
+#[test]
+fn ssh_recipients_and_identities_work() {
+    let s = setup(1 << 20);
+    let key = s.dir.path().join("id_ed25519");
+    let status = Command::new(tool("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let name = String::from_utf8(
+        ok(vcbackup()
+            .args([
+                "backup",
+                "--name",
+                "demo",
+                "--destination",
+                &s.dest,
+                "--recipient",
+                public.trim(),
+            ])
+            .arg("--source")
+            .arg(&s.db))
+        .stdout,
+    )
+    .unwrap();
+    let out = s.dir.path().join("out.db");
+    ok(vcbackup()
+        .arg("decrypt")
+        .arg(s.stored_object(name.trim()))
+        .arg("-i")
+        .arg(&key)
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(sha256(&out), sha256(&s.db));
+    // The age CLI agrees.
+    let age = Command::new(tool("age"))
+        .arg("-d")
+        .arg("-i")
+        .arg(&key)
+        .arg(s.stored_object(name.trim()))
+        .output()
+        .unwrap();
+    assert!(age.status.success());
+}
+
+#[test]
+fn restore_bumps_the_kine_revision_and_replaces_stale_wal_files() {
+    let s = setup(1 << 20);
+    let revision: i64 = Connection::open(&s.db)
+        .unwrap()
+        .query_row("SELECT max(id) FROM kine", [], |r| r.get(0))
+        .unwrap();
+    take_backup(&s);
+    let listed = list_json(&s.dest, "demo");
+    assert_eq!(listed[0]["revision"].as_i64(), Some(revision));
+
+    let to = s.dir.path().join("target.db");
+    std::fs::write(&to, b"old").unwrap();
+    std::fs::write(s.dir.path().join("target.db-wal"), b"stale wal").unwrap();
+    std::fs::write(s.dir.path().join("target.db-shm"), b"stale shm").unwrap();
+    ok(s.restore(&to).arg("--force"));
+    assert!(!s.dir.path().join("target.db-wal").exists());
+    assert!(!s.dir.path().join("target.db-shm").exists());
+    let conn = Connection::open(&to).unwrap();
+    let max: i64 = conn
+        .query_row("SELECT max(id) FROM kine", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(max, revision + 1000);
+    // The next revision kine writes continues above the bump.
+    conn.execute("INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value) VALUES ('/registry/x', 1, 0, 0, 0, 0, x'', x'')", []).unwrap();
+    assert_eq!(conn.last_insert_rowid(), revision + 1001);
+}
+
+#[test]
+fn list_is_newest_first_and_at_picks_the_newest_not_newer() {
+    let s = setup(256 << 10);
+    let first = take_backup(&s);
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = take_backup(&s);
+    let listed = list_json(&s.dest, "demo");
+    let names: Vec<&str> = listed.iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [second.as_str(), first.as_str()]);
+    for item in &listed {
+        for field in ["created", "kind", "size", "stored_size", "sha256"] {
+            assert!(!item[field].is_null(), "missing {field}");
+        }
+        chrono::DateTime::parse_from_rfc3339(item["created"].as_str().unwrap()).unwrap();
+        assert_eq!(item["kind"], "sqlite");
+    }
+    let table = String::from_utf8(
+        ok(vcbackup().args(["list", "--name", "demo", "--destination", &s.dest])).stdout,
+    )
+    .unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("STORED"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with(&second) && lines[2].starts_with(&first),
+        "{table}"
+    );
+
+    let at = listed[1]["created"].as_str().unwrap();
+    let to = s.dir.path().join("at.db");
+    let out = ok(s.restore(&to).args(["--at", at]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&first));
+
+    let err = error_line(&fails(
+        s.restore(&s.dir.path().join("x.db"))
+            .args(["--at", "2000-01-01T00:00:00Z"]),
+    ));
+    assert!(
+        err.contains("no backup taken at or before 2000-01-01"),
+        "{err}"
+    );
+}
+
+#[test]
+fn restore_never_overwrites_without_force_and_if_missing_keeps_the_target() {
+    let s = setup(256 << 10);
+    take_backup(&s);
+    let to = s.dir.path().join("existing.db");
+    std::fs::write(&to, b"precious").unwrap();
+    let err = error_line(&fails(&mut s.restore(&to)));
+    assert!(
+        err.contains("existing.db") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&to).unwrap(), b"precious");
+    ok(s.restore(&to).arg("--if-missing"));
+    assert_eq!(std::fs::read(&to).unwrap(), b"precious");
+    let fresh = s.dir.path().join("fresh.db");
+    ok(s.restore(&fresh).arg("--if-missing"));
+    assert!(fresh.exists());
+}
+
+/// Every file in `dir`, for "nothing was left behind" checks.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn bad_sources_and_recipients_are_named_and_store_nothing() {
+    let s = setup(256 << 10);
+    let text = s.dir.path().join("notes.txt");
+    std::fs::write(&text, "this is not a database, just notes\n").unwrap();
+    let missing = s.dir.path().join("missing/state.db");
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--source".into(), missing.display().to_string()],
+            format!("open source {}", missing.display()),
+        ),
+        (
+            vec!["--source".into(), text.display().to_string()],
+            "not an SQLite database".into(),
+        ),
+        (
+            vec!["--source".into(), s.dir.path().display().to_string()],
+            "is a directory".into(),
+        ),
+        (
+            vec!["--recipient".into(), "age1notakey".into()],
+            "invalid recipient \"age1notakey\"".into(),
+        ),
+        (
+            vec![
+                "--recipients-file".into(),
+                "/nonexistent/recipients.txt".into(),
+            ],
+            "read recipients file /nonexistent/recipients.txt".into(),
+        ),
+        (
+            vec!["--destination".into(), "s4://bucket".into()],
+            "invalid destination \"s4://bucket\"".into(),
+        ),
+        (
+            vec!["--compression-level".into(), "42".into()],
+            "invalid compression level 42".into(),
+        ),
+        (
+            vec!["--name".into(), "Bad/Name".into()],
+            "invalid name \"Bad/Name\"".into(),
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = vcbackup();
+        cmd.arg("backup");
+        for (flag, value) in [
+            ("--name", "demo".to_string()),
+            ("--destination", s.dest.clone()),
+            ("--recipient", s.keys.recipient.clone()),
+            ("--source", s.db.display().to_string()),
+        ] {
+            if !args.iter().any(|a| a == flag) {
+                cmd.args([flag, &value]);
+            }
+        }
+        let err = error_line(&fails(cmd.args(&args)));
+        assert!(
+            err.contains(&expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
+    }
+    // Without any recipient the agent refuses, unless encryption is declined by name.
+    let mut no_recipient = vcbackup();
+    no_recipient
+        .args(["backup", "--name", "demo", "--destination", &s.dest])
+        .arg("--source")
+        .arg(&s.db);
+    let err = error_line(&fails(&mut no_recipient));
+    assert!(
+        err.contains("no recipient") && err.contains("--no-encryption"),
+        "{err}"
+    );
+    assert!(
+        files_in(&s.backup_dir()).is_empty(),
+        "a failed backup left {:?}",
+        files_in(&s.backup_dir())
+    );
+
+    let name = String::from_utf8(ok(no_recipient.arg("--no-encryption")).stdout).unwrap();
+    assert!(name.trim().ends_with("-sqlite.zst"), "{name}");
+    let restored = s.dir.path().join("plain.db");
+    ok(vcbackup()
+        .args([
+            "restore",
+            "--name",
+            "demo",
+            "--destination",
+            &s.dest,
+            "--bump-revision",
+            "0",
+            "--to",
+        ])
+        .arg(&restored));
+    assert_eq!(sha256(&restored), sha256(&s.db));
+}
+
+#[test]
+fn a_private_key_given_as_recipient_is_refused_without_echoing_it() {
+    let s = setup(256 << 10);
+    let secret = std::fs::read_to_string(&s.keys.identity).unwrap();
+    let out = vcbackup()
+        .args(["backup", "--name", "demo", "--destination", &s.dest])
+        .arg("--source")
+        .arg(&s.db)
+        .env("VCBACKUP_RECIPIENTS", secret.trim())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("private key"), "{stderr}");
+    assert!(
+        !stderr.contains(&secret.trim()[20..]),
+        "the secret was echoed: {stderr}"
+    );
+}
+
+#[test]
+fn wrong_identities_unknown_names_and_damaged_backups_replace_nothing() {
+    let s = setup(1 << 20);
+    let name = take_backup(&s);
+    let to = s.dir.path().join("target.db");
+    std::fs::write(&to, b"precious").unwrap();
+
+    let other = age_keys(s.dir.path(), "other.txt");
+    let mut wrong = vcbackup();
+    wrong
+        .args([
+            "restore",
+            "--force",
+            "--name",
+            "demo",
+            "--destination",
+            &s.dest,
+            "--identity",
+        ])
+        .arg(&other.identity)
+        .arg("--to")
+        .arg(&to);
+    let err = error_line(&fails(&mut wrong));
+    assert!(
+        err.contains("does not match any recipient") && err.contains("other.txt"),
+        "{err}"
+    );
+
+    let err = error_line(&fails(
+        s.restore(&to)
+            .args(["--force", "demo-20000101T000000.000Z-sqlite.zst.age"]),
+    ));
+    assert!(
+        err.contains("no backup named \"demo-20000101T000000.000Z-sqlite.zst.age\""),
+        "{err}"
+    );
+
+    let not_identity = s.dir.path().join("garbage.txt");
+    std::fs::write(&not_identity, "AGE-SECRET-KEY-1NOPE\n").unwrap();
+    let err = error_line(&fails(
+        vcbackup()
+            .arg("decrypt")
+            .arg(s.stored_object(&name))
+            .arg("-i")
+            .arg(&not_identity)
+            .arg("-o")
+            .arg(&to),
+    ));
+    assert!(
+        err.contains("garbage.txt") && err.contains("line 1") && !err.contains("NOPE"),
+        "{err}"
+    );
+
+    // Truncated, then tampered: decoding fails and the target keeps its content.
+    let object = s.stored_object(&name);
+    let original = std::fs::read(&object).unwrap();
+    std::fs::write(&object, &original[..original.len() - 4096]).unwrap();
+    let err = error_line(&fails(s.restore(&to).arg("--force")));
+    assert!(err.contains("truncated or corrupt"), "{err}");
+    let mut tampered = original.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x40;
+    std::fs::write(&object, &tampered).unwrap();
+    let err = error_line(&fails(s.restore(&to).arg("--force")));
+    assert!(err.contains(&name), "{err}");
+    assert_eq!(std::fs::read(&to).unwrap(), b"precious");
+
+    // decrypt of a damaged download writes nothing.
+    let out = s.dir.path().join("decrypted.db");
+    let err = error_line(&fails(
+        vcbackup()
+            .arg("decrypt")
+            .arg(&object)
+            .arg("-i")
+            .arg(&s.keys.identity)
+            .arg("-o")
+            .arg(&out),
+    ));
+    assert!(err.contains(&*object.display().to_string()), "{err}");
+    assert!(!out.exists());
+    assert_eq!(
+        files_in(s.dir.path())
+            .iter()
+            .filter(|f| f.contains(".vcbackup-"))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_manifest_that_disagrees_with_the_data_fails_verification() {
+    let s = setup(256 << 10);
+    let name = take_backup(&s);
+    let manifest_path = s.backup_dir().join(format!("{name}.json"));
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["sha256"] = serde_json::Value::String("0".repeat(64));
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let to = s.dir.path().join("t.db");
+    let err = error_line(&fails(&mut s.restore(&to)));
+    assert!(err.contains("does not match its manifest"), "{err}");
+    assert!(!to.exists());
+    // decrypt checks the manifest beside a downloaded file too.
+    let err = error_line(&fails(
+        vcbackup()
+            .arg("decrypt")
+            .arg(s.stored_object(&name))
+            .arg("-i")
+            .arg(&s.keys.identity)
+            .arg("-o")
+            .arg(&to),
+    ));
+    assert!(err.contains("does not match its manifest"), "{err}");
+    assert!(!to.exists());
+}
+
+/// A full disk: the destination is a 512 KiB tmpfs.
+#[test]
+fn a_full_destination_fails_cleanly() {
+    let s = setup(8 << 20);
+    let mount = s.dir.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "this test mounts a small tmpfs and needs root"
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let mut cmd = vcbackup();
+    cmd.args([
+        "backup",
+        "--name",
+        "demo",
+        "--no-encryption",
+        "--compression-level",
+        "1",
+        "--destination",
+        &file_url(&mount),
+    ])
+    .arg("--source")
+    .arg(&s.db);
+    let err = error_line(&fails(&mut cmd));
+    assert!(
+        err.contains("No space left on device") && err.contains(&*mount.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        files_in(&mount.join("demo")).is_empty(),
+        "left {:?}",
+        files_in(&mount.join("demo"))
+    );
+}
