@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Sealing;
 use crate::retention::{self, RetentionPolicy};
 use crate::schedule::{self, Schedule};
-use crate::source::SourceSpec;
+use crate::source::SourceConfig;
 use crate::storage::{Destination, Storage};
 
 /// The loop wakes at least this often, to notice clock jumps and show it is alive.
@@ -36,7 +36,7 @@ const RECENT_BACKUPS: usize = 10;
 
 /// Everything `run` needs, checked before anything starts.
 pub struct DaemonConfig {
-    pub source: SourceSpec,
+    pub source: SourceConfig,
     pub sealing: Arc<Sealing>,
     pub destination: Destination,
     pub vcluster: String,
@@ -179,7 +179,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     let address: Option<SocketAddr> = config.listen.parse().ok();
     tracing::info!(
         vcluster = %config.vcluster,
-        source = %config.source,
+        source = %config.source.spec,
         destination = %config.destination,
         schedule = %config.schedule,
         timezone = %config.timezone.name(),

@@ -312,7 +312,10 @@ fn explain_chain(
     }
     let lower = cause.to_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
-    let hint = if has(&[
+    let hint = if has(&["badcertificate", "bad certificate", "certificaterequired"]) {
+        // The server's alert: it did not accept our client certificate.
+        "; etcd rejected the client certificate: check --etcd-cert and --etcd-key"
+    } else if has(&[
         "certificate",
         "tls",
         "handshake",
