@@ -267,11 +267,11 @@ fn eks_pod_identity_credentials_are_refreshed_during_a_long_backup() {
     const LIFETIME: Duration = Duration::from_secs(6);
     let keys = std::sync::Arc::new(Keys::default());
     let server = S3sFs::start(keys.clone());
-    // Every request waits a second: the backup outlasts one credential lifetime.
+    // Every request waits two seconds: the backup's five requests outlast one credential lifetime.
     let proxy = FaultProxy::start(
         server.addr,
         Faults {
-            delay: Duration::from_secs(1),
+            delay: Duration::from_secs(2),
             ..Faults::default()
         },
     );

@@ -79,7 +79,7 @@ struct KeysInner {
 
 /// How long after its expiry a key is still accepted: a request signed just
 /// before expiry arrives a little later (through a slow proxy, say).
-const EXPIRY_GRACE: Duration = Duration::from_secs(3);
+const EXPIRY_GRACE: Duration = Duration::from_secs(4);
 
 impl Keys {
     pub fn with(access_key: &str, secret: &str) -> Arc<Keys> {
