@@ -67,7 +67,14 @@ pub enum Command {
 /// Where backups live.
 #[derive(Debug, Args)]
 pub struct StorageArgs {
-    /// Where backups go: `file:///DIR`. Backups of one virtual cluster live under `<destination>/<name>/`.
+    /// Where backups go: `file:///DIR` or `s3://BUCKET/PREFIX`. Backups of one virtual cluster live
+    /// under `<destination>/<name>/`. S3 options go in the query, e.g.
+    /// `s3://b/p?region=eu-west-1&server-side-encryption=aws:kms&kms-key-id=alias/k`: `region`,
+    /// `endpoint` and `force-path-style=true` (MinIO, Ceph), `server-side-encryption` (AES256 or
+    /// aws:kms), `kms-key-id`, `profile`, `checksum=when-required` (servers that reject newer
+    /// checksum headers), `part-size` (16MiB) and `concurrency` (2 parts at once). Credentials come
+    /// from the AWS default chain (environment, profile, IRSA, EKS Pod Identity, instance metadata);
+    /// the standard AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_S3 and AWS_MAX_ATTEMPTS also apply.
     #[arg(long, env = "VCBACKUP_DESTINATION", value_name = "URL")]
     pub destination: String,
 

@@ -4,6 +4,7 @@
 
 mod body;
 mod local;
+mod s3;
 
 use std::fmt;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use tokio::io::AsyncRead;
 
 pub use body::{Body, IncompleteBody, body_channel};
 pub use local::LocalStorage;
+pub use s3::{S3Options, S3Storage};
 
 /// A stored object being read back.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -68,6 +70,7 @@ pub struct ObjectNotFound {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     Local(std::path::PathBuf),
+    S3(S3Options),
 }
 
 impl Destination {
@@ -93,6 +96,7 @@ impl Destination {
                 })?;
                 Ok(Destination::Local(path))
             }
+            "s3" => Ok(Destination::S3(S3Options::parse(text, &url)?)),
             other => bail!(
                 "invalid destination {text:?}: unsupported scheme {other:?}; use file:///DIR or s3://BUCKET/PREFIX"
             ),
@@ -103,6 +107,7 @@ impl Destination {
     pub async fn open(&self, vcluster: &str) -> Result<Box<dyn Storage>> {
         match self {
             Destination::Local(root) => Ok(Box::new(LocalStorage::new(root.join(vcluster)))),
+            Destination::S3(options) => Ok(Box::new(S3Storage::open(options, vcluster).await?)),
         }
     }
 }
@@ -111,6 +116,7 @@ impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Destination::Local(path) => write!(f, "file://{}", path.display()),
+            Destination::S3(options) => write!(f, "{options}"),
         }
     }
 }

@@ -1,0 +1,454 @@
+//! S3 storage against real protocol implementations: s3s-fs (in process, SigV4
+//! checked), moto (IAM authentication on), and the AWS CLI. Each test runs the
+//! built binary, as an operator or a Helm chart would.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const ACCESS_KEY: &str = "AKIAVCBACKUPTEST0001";
+const SECRET: &str = "vcbackup/test/secret/0123456789abcdefghij";
+const MIB: usize = 1 << 20;
+/// Incompressible, so the stored backup needs two 5 MiB parts.
+const MULTIPART_DB: usize = 6 * MIB;
+
+/// A destination on `endpoint` with 5 MiB parts, so small databases are multipart.
+fn destination(endpoint: &str, extra: &str) -> String {
+    format!(
+        "s3://{BUCKET}/team/prod?endpoint={endpoint}&force-path-style=true&region={REGION}&part-size=5MiB{extra}"
+    )
+}
+
+struct Fixture {
+    scene: Scene,
+    source: String,
+    identity: String,
+    recipient: String,
+}
+
+fn fixture(db_bytes: usize) -> Fixture {
+    let scene = Scene::new();
+    let source = scene.path("state.db");
+    kine_db(&source, db_bytes);
+    let (identity, recipient) = age_key(scene.dir.path());
+    Fixture {
+        source: source.display().to_string(),
+        identity: identity.display().to_string(),
+        recipient,
+        scene,
+    }
+}
+
+impl Fixture {
+    fn backup(&self, destination: &str) -> std::process::Output {
+        self.scene.run(&[
+            "backup",
+            "--source",
+            &self.source,
+            "--destination",
+            destination,
+            "--name",
+            "demo",
+            "--recipient",
+            &self.recipient,
+        ])
+    }
+
+    fn backup_ok(&self, destination: &str) -> String {
+        let out = self.backup(destination);
+        assert!(
+            out.status.success(),
+            "backup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn restore(&self, destination: &str, name: &str, to: &str) {
+        self.scene.ok(&[
+            "restore",
+            name,
+            "--destination",
+            destination,
+            "--name",
+            "demo",
+            "--identity",
+            &self.identity,
+            "--to",
+            to,
+            "--bump-revision",
+            "0",
+        ]);
+    }
+
+    fn list(&self, destination: &str) -> Vec<String> {
+        listed(&self.scene.ok(&[
+            "list",
+            "--destination",
+            destination,
+            "--name",
+            "demo",
+            "-o",
+            "json",
+        ]))
+    }
+
+    /// Restores `name` and checks it holds the source's rows.
+    fn assert_restores(&self, destination: &str, name: &str) {
+        let to = self.scene.path(&format!("restored-{}.db", random_text(6)));
+        self.restore(destination, name, &to.display().to_string());
+        assert_eq!(
+            kine_digest(&to),
+            kine_digest(std::path::Path::new(&self.source))
+        );
+    }
+}
+
+#[test]
+fn backup_list_restore_round_trip_through_s3s_fs() {
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    // Two parts of 5 MiB: the multipart path.
+    let mut f = fixture(MULTIPART_DB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let dest = destination(&server.endpoint(), "");
+
+    let name = f.backup_ok(&dest);
+    assert_eq!(f.list(&dest), std::slice::from_ref(&name));
+    f.assert_restores(&dest, &name);
+
+    // The object and its manifest, under prefix/vcluster/, and no upload left over.
+    assert_eq!(
+        server.objects(),
+        [
+            format!("team/prod/demo/{name}"),
+            format!("team/prod/demo/{name}.json")
+        ]
+    );
+    assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
+    assert!(server.keys.rejected().is_empty());
+}
+
+#[test]
+fn a_wrong_secret_fails_with_a_clear_message() {
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let mut f = fixture(MIB);
+    let wrong = "not-the-secret-0123456789abcdefghijklmn";
+    f.scene.static_keys(ACCESS_KEY, wrong);
+    let dest = destination(&server.endpoint(), "");
+
+    let out = f.backup(&dest);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: store demo-")
+            && stderr.contains("in s3://backups/team/prod/demo/")
+            && stderr.contains("SignatureDoesNotMatch")
+            && stderr.contains("secret access key is wrong"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(wrong), "the secret leaked: {stderr}");
+    assert!(server.objects().is_empty());
+
+    // An unknown access key is named as such.
+    f.scene.static_keys("AKIAUNKNOWN000000000", SECRET);
+    let stderr = f
+        .scene
+        .fails(&["list", "--destination", &dest, "--name", "demo"]);
+    assert!(
+        stderr.contains("list s3://backups/team/prod/demo/")
+            && stderr.contains("InvalidAccessKeyId"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_endpoint_is_named() {
+    let mut f = fixture(MIB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    f.scene.set("AWS_MAX_ATTEMPTS", "1");
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let stderr = f.scene.fails(&[
+        "list",
+        "--destination",
+        &destination(&endpoint, ""),
+        "--name",
+        "demo",
+    ]);
+    assert!(
+        stderr.contains(&format!("cannot connect to {endpoint}: connection refused")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn transient_part_errors_are_retried() {
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let proxy = FaultProxy::start(
+        server.addr,
+        Faults {
+            statuses: [500, 503, 500].into(),
+            ..Faults::default()
+        },
+    );
+    let mut f = fixture(MULTIPART_DB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let dest = destination(&proxy.endpoint(), "");
+
+    let name = f.backup_ok(&dest);
+    {
+        let faults = proxy.faults.lock().unwrap();
+        assert_eq!(faults.injected, 3);
+        assert_eq!(faults.part_requests, 5, "2 parts, 3 retries");
+        // Every part, retries included, carries its CRC32 in a header.
+        assert_eq!(faults.part_checksums, 5);
+        assert_eq!(faults.aws_chunked, 0);
+    }
+    f.assert_restores(&dest, &name);
+    assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
+}
+
+#[test]
+fn a_connection_cut_mid_part_is_retried() {
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let proxy = FaultProxy::start(
+        server.addr,
+        Faults {
+            cuts: 2,
+            ..Faults::default()
+        },
+    );
+    let mut f = fixture(MULTIPART_DB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    // For servers that reject the newer checksum headers: none is sent.
+    let dest = destination(&proxy.endpoint(), "&checksum=when-required");
+
+    let name = f.backup_ok(&dest);
+    assert_eq!(proxy.faults.lock().unwrap().injected, 2);
+    assert_eq!(proxy.faults.lock().unwrap().part_checksums, 0);
+    f.assert_restores(&dest, &name);
+    assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
+}
+
+#[test]
+fn a_persistent_failure_aborts_the_upload() {
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let proxy = FaultProxy::start(
+        server.addr,
+        Faults {
+            always: Some(503),
+            ..Faults::default()
+        },
+    );
+    let mut f = fixture(MULTIPART_DB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    // Fewer attempts than the default keeps the test short; the path is the same.
+    f.scene.set("AWS_MAX_ATTEMPTS", "2");
+    let dest = destination(&proxy.endpoint(), "");
+
+    let out = f.backup(&dest);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: store demo-")
+            && stderr.contains("in s3://backups/team/prod/demo/: upload part ")
+            && stderr.contains("SlowDown"),
+        "{stderr}"
+    );
+    assert!(server.objects().is_empty(), "{:?}", server.objects());
+    assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
+    assert!(f.list(&dest).is_empty());
+}
+
+#[test]
+fn eks_pod_identity_credentials_are_refreshed_during_a_long_backup() {
+    const LIFETIME: Duration = Duration::from_secs(6);
+    let keys = std::sync::Arc::new(Keys::default());
+    let server = S3sFs::start(keys.clone());
+    // Every request waits two seconds: the backup's five requests outlast one credential lifetime.
+    let proxy = FaultProxy::start(
+        server.addr,
+        Faults {
+            delay: Duration::from_secs(2),
+            ..Faults::default()
+        },
+    );
+    let mut f = fixture(MULTIPART_DB);
+    let agent = PodIdentityAgent::start(keys.clone(), LIFETIME, f.scene.dir.path());
+    f.scene
+        .set("AWS_CONTAINER_CREDENTIALS_FULL_URI", &agent.url());
+    f.scene.set(
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        &agent.token_file.display().to_string(),
+    );
+    assert!(
+        !f.scene
+            .env
+            .iter()
+            .any(|(k, _)| k.starts_with("AWS_ACCESS_KEY")),
+        "no static key may be in the agent's environment"
+    );
+    let dest = destination(&proxy.endpoint(), "&concurrency=1");
+
+    let started = Instant::now();
+    let name = f.backup_ok(&dest);
+    let took = started.elapsed();
+    assert!(took > LIFETIME, "the backup took only {took:?}");
+    assert!(agent.fetches.load(Ordering::SeqCst) >= 2);
+    assert_eq!(agent.refused.load(Ordering::SeqCst), 0);
+    // The server saw only credentials the agent issued, and more than one of them.
+    assert!(keys.used().len() >= 2, "{:?}", keys.used());
+    assert!(keys.used().iter().all(|k| k.starts_with("ASIA")));
+    assert!(keys.rejected().is_empty(), "{:?}", keys.rejected());
+    assert_eq!(f.list(&destination(&server.endpoint(), "")), [name]);
+
+    // A wrong token is refused by the agent, and the error says credentials are the problem.
+    std::fs::write(&agent.token_file, "not-the-token").unwrap();
+    let stderr = f
+        .scene
+        .fails(&["list", "--destination", &dest, "--name", "demo"]);
+    assert!(stderr.contains("no usable AWS credentials"), "{stderr}");
+    assert!(agent.refused.load(Ordering::SeqCst) > 0);
+}
+
+#[test]
+fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
+    let moto = Moto::start();
+    let client = s3_client(&moto.endpoint(), &moto.access_key, &moto.secret);
+    rt().block_on(client.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    let mut f = fixture(MULTIPART_DB);
+    let key = aws_cli(
+        &moto.endpoint(),
+        &moto.access_key,
+        &moto.secret,
+        &["kms", "create-key", "--region", REGION],
+        f.scene.dir.path(),
+    );
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    let key: serde_json::Value = serde_json::from_slice(&key.stdout).unwrap();
+    let key_arn = key["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
+    f.scene.static_keys(&moto.access_key, &moto.secret);
+    let dest = destination(
+        &moto.endpoint(),
+        &format!("&server-side-encryption=aws:kms&kms-key-id={key_arn}"),
+    );
+
+    let name = f.backup_ok(&dest);
+    assert_eq!(f.list(&dest), std::slice::from_ref(&name));
+    f.assert_restores(&dest, &name);
+    for object in [name.clone(), format!("{name}.json")] {
+        let head = rt()
+            .block_on(
+                client
+                    .head_object()
+                    .bucket(BUCKET)
+                    .key(format!("team/prod/demo/{object}"))
+                    .send(),
+            )
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms),
+            "{object}"
+        );
+        assert_eq!(head.ssekms_key_id(), Some(key_arn.as_str()), "{object}");
+    }
+
+    // Every part refused: the backup fails and its multipart upload is aborted.
+    let proxy = FaultProxy::start(
+        moto.addr,
+        Faults {
+            always: Some(500),
+            ..Faults::default()
+        },
+    );
+    f.scene.set("AWS_MAX_ATTEMPTS", "2");
+    let failing = destination(
+        &proxy.endpoint(),
+        &format!("&server-side-encryption=aws:kms&kms-key-id={key_arn}"),
+    );
+    let out = f.backup(&failing);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upload part") && stderr.contains("InternalError"),
+        "{stderr}"
+    );
+    assert!(proxy.faults.lock().unwrap().injected >= 2);
+    let uploads = rt()
+        .block_on(client.list_multipart_uploads().bucket(BUCKET).send())
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    assert_eq!(f.list(&dest), [name]);
+
+    // Moto checks signatures too.
+    f.scene
+        .static_keys(&moto.access_key, "wrong-secret-0123456789abcdefghijklmnopq");
+    let stderr = f
+        .scene
+        .fails(&["list", "--destination", &dest, "--name", "demo"]);
+    assert!(stderr.contains("SignatureDoesNotMatch"), "{stderr}");
+}
+
+#[test]
+fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
+    require_tool("age");
+    require_tool("zstd");
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let mut f = fixture(MULTIPART_DB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let dest = destination(&server.endpoint(), "");
+    let name = f.backup_ok(&dest);
+
+    let downloaded = f.scene.path("downloaded.zst.age");
+    let out = aws_cli(
+        &server.endpoint(),
+        ACCESS_KEY,
+        SECRET,
+        &[
+            "s3",
+            "cp",
+            &format!("s3://{BUCKET}/team/prod/demo/{name}"),
+            &downloaded.display().to_string(),
+        ],
+        f.scene.dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plain = f.scene.path("by-hand.db");
+    let by_hand = std::process::Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            r#"age -d -i "$1" "$2" | zstd -d -q -o "$3""#,
+            "by-hand",
+            &f.identity,
+            &downloaded.display().to_string(),
+            &plain.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        by_hand.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_hand.stderr)
+    );
+
+    let restored = f.scene.path("restored.db");
+    f.restore(&dest, &name, &restored.display().to_string());
+    assert!(
+        std::fs::read(&plain).unwrap() == std::fs::read(&restored).unwrap(),
+        "age | zstd and vcbackup restore differ"
+    );
+}
