@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 
 use anyhow::{Context, Result, bail};
 
+const JOB_SIZE: u32 = 2 << 20;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Compression {
     pub level: i32,
