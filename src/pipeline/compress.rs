@@ -35,6 +35,11 @@ impl Compression {
             encoder
                 .multithread(self.threads)
                 .context("start compression")?;
+            // zstd's default job is 4× the window (8 MiB at level 3), and each job in
+            // flight holds its input and output: smaller jobs keep a sidecar's memory low.
+            encoder
+                .set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
+                .context("start compression")?;
         }
         Ok(encoder)
     }
