@@ -234,7 +234,7 @@ pub struct PruneArgs {
     pub retention: RetentionArgs,
 
     /// Print the plan without deleting anything.
-    #[arg(long)]
+    #[arg(long, env = "VCBACKUP_DRY_RUN")]
     pub dry_run: bool,
 }
 
@@ -269,11 +269,11 @@ pub struct DecryptArgs {
     pub input: Option<PathBuf>,
 
     /// Where the plaintext goes, or `-` for standard output. [default: standard output]
-    #[arg(long, short, value_name = "OUT|-")]
+    #[arg(long, short, env = "VCBACKUP_DECRYPT_OUTPUT", value_name = "OUT|-")]
     pub output: Option<PathBuf>,
 
     /// Replace OUT if it exists.
-    #[arg(long)]
+    #[arg(long, env = "VCBACKUP_DECRYPT_FORCE")]
     pub force: bool,
 
     #[command(flatten)]
