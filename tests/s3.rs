@@ -2,6 +2,7 @@
 //! checked), moto (IAM authentication on), and the AWS CLI. Each test runs the
 //! built binary, as an operator or a Helm chart would.
 
+mod common;
 mod support;
 
 use std::sync::atomic::Ordering;

@@ -532,13 +532,7 @@ pub fn venv() -> PathBuf {
     .clone()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::common::free_port;
 
 /// moto's server with IAM authentication on: the first three actions create
 /// a user, its policy and its access key; every request after that is checked.
