@@ -13,9 +13,10 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
-# protoc: etcd-client generates its gRPC code at build time.
+# protoc: etcd-client generates its gRPC code at build time; libprotobuf-dev holds the
+# well-known types (google/protobuf/*.proto) it imports, only a Recommends of protoc.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # .dockerignore keeps target/, .git/ and the deployment files out; .cargo/config.toml
