@@ -166,6 +166,24 @@ fn a_wrong_secret_fails_with_a_clear_message() {
 }
 
 #[test]
+fn a_missing_bucket_is_named() {
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let mut f = fixture(MIB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let dest = destination(&server.endpoint(), "").replace("s3://backups/", "s3://elsewhere/");
+    let stderr = f
+        .scene
+        .fails(&["list", "--destination", &dest, "--name", "demo"]);
+    assert!(
+        stderr.contains(&format!(
+            "bucket \"elsewhere\" does not exist at {}",
+            server.endpoint()
+        )) && stderr.contains("list s3://elsewhere/team/prod/demo/"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_unreachable_endpoint_is_named() {
     let mut f = fixture(MIB);
     f.scene.static_keys(ACCESS_KEY, SECRET);
@@ -387,7 +405,54 @@ fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
         .block_on(client.list_multipart_uploads().bucket(BUCKET).send())
         .unwrap();
     assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
-    assert_eq!(f.list(&dest), [name]);
+    assert_eq!(f.list(&dest), std::slice::from_ref(&name));
+
+    // A role that may read but not write: backups fail naming the missing
+    // permission and where it is needed, and nothing is stored.
+    let (reader_key, reader_secret) = &moto.reader;
+    f.scene.static_keys(reader_key, reader_secret);
+    assert_eq!(f.list(&dest), std::slice::from_ref(&name));
+    let out = f.backup(&dest);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("access denied")
+            && stderr
+                .contains("check the IAM role's s3:PutObject on arn:aws:s3:::backups/team/prod/*"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(reader_secret.as_str()),
+        "the secret leaked: {stderr}"
+    );
+    f.scene.static_keys(&moto.access_key, &moto.secret);
+    assert_eq!(f.list(&dest), std::slice::from_ref(&name));
+
+    // A bucket that does not exist is named as such, for backups and listings.
+    let missing = dest.replace("s3://backups/", "s3://no-such-bucket/");
+    for args in [
+        vec!["list", "--destination", &missing, "--name", "demo"],
+        vec![
+            "backup",
+            "--source",
+            &f.source,
+            "--destination",
+            &missing,
+            "--name",
+            "demo",
+            "--recipient",
+            &f.recipient,
+        ],
+    ] {
+        let stderr = f.scene.fails(&args);
+        assert!(
+            stderr.contains(&format!(
+                "bucket \"no-such-bucket\" does not exist at {}",
+                moto.endpoint()
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
 
     // Moto checks signatures too.
     f.scene

@@ -534,12 +534,16 @@ pub fn venv() -> PathBuf {
 
 pub use crate::common::free_port;
 
-/// moto's server with IAM authentication on: the first three actions create
-/// a user, its policy and its access key; every request after that is checked.
+/// moto's server with IAM authentication on: the first six actions create two
+/// users, each with a policy and an access key; every request after that is
+/// checked against them. `access_key` may do anything with S3 and KMS; `reader`
+/// may only list and read, as a role missing s3:PutObject would.
 pub struct Moto {
     pub addr: SocketAddr,
     pub access_key: String,
     pub secret: String,
+    /// Access key and secret of the read-only user.
+    pub reader: (String, String),
     child: Child,
     _home: tempfile::TempDir,
 }
@@ -551,7 +555,7 @@ impl Moto {
         let home = tempfile::tempdir().unwrap();
         let child = Command::new(venv.join("bin/moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "6")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -569,30 +573,41 @@ impl Moto {
             addr,
             access_key: String::new(),
             secret: String::new(),
+            reader: (String::new(), String::new()),
             child,
             _home: home,
         };
-        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:*","kms:*"],"Resource":"*"}]}"#;
-        moto.aws_unauthenticated(&["iam", "create-user", "--user-name", "vcbackup"]);
-        moto.aws_unauthenticated(&[
+        (moto.access_key, moto.secret) = moto.create_user(
+            "vcbackup",
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:*","kms:*"],"Resource":"*"}]}"#,
+        );
+        moto.reader = moto.create_user(
+            "reader",
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:ListBucket","s3:GetObject","kms:Decrypt"],"Resource":"*"}]}"#,
+        );
+        moto
+    }
+
+    /// Three unauthenticated actions: a user, its inline policy, its access key.
+    fn create_user(&self, user: &str, policy: &str) -> (String, String) {
+        self.aws_unauthenticated(&["iam", "create-user", "--user-name", user]);
+        self.aws_unauthenticated(&[
             "iam",
             "put-user-policy",
             "--user-name",
-            "vcbackup",
+            user,
             "--policy-name",
             "backups",
             "--policy-document",
             policy,
         ]);
-        let created =
-            moto.aws_unauthenticated(&["iam", "create-access-key", "--user-name", "vcbackup"]);
+        let created = self.aws_unauthenticated(&["iam", "create-access-key", "--user-name", user]);
         let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
-        moto.access_key = created["AccessKey"]["AccessKeyId"].as_str().unwrap().into();
-        moto.secret = created["AccessKey"]["SecretAccessKey"]
-            .as_str()
-            .unwrap()
-            .into();
-        moto
+        let key = &created["AccessKey"];
+        (
+            key["AccessKeyId"].as_str().unwrap().into(),
+            key["SecretAccessKey"].as_str().unwrap().into(),
+        )
     }
 
     pub fn endpoint(&self) -> String {
