@@ -72,7 +72,7 @@ pub struct StorageArgs {
     /// `s3://b/p?region=eu-west-1&server-side-encryption=aws:kms&kms-key-id=alias/k`: `region`,
     /// `endpoint` and `force-path-style=true` (MinIO, Ceph), `server-side-encryption` (AES256 or
     /// aws:kms), `kms-key-id`, `profile`, `checksum=when-required` (servers that reject newer
-    /// checksum headers), `part-size` (16MiB) and `concurrency` (2 parts at once). Credentials come
+    /// checksum headers), `part-size` (8MiB) and `concurrency` (2 parts at once). Credentials come
     /// from the AWS default chain (environment, profile, IRSA, EKS Pod Identity, instance metadata);
     /// the standard AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_S3 and AWS_MAX_ATTEMPTS also apply.
     #[arg(long, env = "VCBACKUP_DESTINATION", value_name = "URL")]

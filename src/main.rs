@@ -28,6 +28,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command, LogFormat, OutputFormat};
 
 fn main() -> ExitCode {
+    return_freed_buffers_to_the_os();
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -225,6 +226,21 @@ fn init_logging(format: LogFormat, filter: &str) {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
+
+/// A backup allocates multi-MiB buffers (S3 parts, zstd jobs) over and over.
+/// glibc raises its mmap threshold after the first such buffer is freed, and
+/// from then on keeps freed ones in its heaps: peak memory grew by about three
+/// parts. A fixed threshold maps each large buffer and unmaps it when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_freed_buffers_to_the_os() {
+    // SAFETY: mallopt only tunes the allocator; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_buffers_to_the_os() {}
 
 /// One line: what failed and why, with the input named.
 fn report(err: anyhow::Error) -> ExitCode {
