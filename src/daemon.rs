@@ -444,7 +444,14 @@ impl Scheduler<'_> {
 
     fn record_failure(&self, stage: Stage, err: &anyhow::Error) {
         let message = format!("{err:#}");
-        tracing::error!(stage = stage.as_str(), "backup failed: {message}");
+        match stage {
+            // The backup itself is stored and counted; only the clean-up after it failed.
+            Stage::Retention => tracing::error!(
+                stage = stage.as_str(),
+                "retention failed (the backup itself succeeded): {message}"
+            ),
+            _ => tracing::error!(stage = stage.as_str(), "backup failed: {message}"),
+        }
         self.state
             .metrics
             .failures

@@ -184,6 +184,77 @@ fn a_missing_bucket_is_named() {
 }
 
 #[test]
+fn the_daemon_keeps_retention_healthy_on_a_server_without_list_multipart_uploads() {
+    // s3s-fs, like some S3-compatible stores, answers ListMultipartUploads with
+    // NotImplemented: the stale-upload sweep must warn once, not fail every run.
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let mut f = fixture(MIB);
+    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let dest = destination(&server.endpoint(), "");
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut daemon = f
+        .scene
+        .command(&[
+            "run",
+            "--source",
+            &f.source,
+            "--destination",
+            &dest,
+            "--name",
+            "demo",
+            "--recipient",
+            &f.recipient,
+            "--schedule",
+            "@every 2s",
+            "--max-snapshots",
+            "2",
+            "--listen",
+            &listen,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Retention after the third backup deletes the first.
+    let metrics = common::wait_for(
+        "retention to delete a backup",
+        Duration::from_secs(60),
+        || {
+            let (_, text) = common::http_get(port, "/metrics")?;
+            let deleted = common::metric(&text, "vcbackup_retention_deleted_total")?;
+            (deleted >= 1.0).then_some(text)
+        },
+    );
+    let _ = daemon.kill();
+    let output = daemon.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(
+        common::metric(
+            &metrics,
+            r#"vcbackup_backup_failures_total{stage="retention"}"#
+        ),
+        Some(0.0),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("does not implement ListMultipartUploads")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("failed"), "{stderr}");
+    // Retention still ran: the newest two backups are left.
+    assert_eq!(
+        common::metric(&metrics, "vcbackup_snapshots_stored"),
+        Some(2.0)
+    );
+    assert_eq!(f.list(&dest).len(), 2, "{stderr}");
+}
+
+#[test]
 fn an_unreachable_endpoint_is_named() {
     let mut f = fixture(MIB);
     f.scene.static_keys(ACCESS_KEY, SECRET);

@@ -397,7 +397,7 @@ impl S3Storage {
         let mut key_marker: Option<String> = None;
         let mut upload_marker: Option<String> = None;
         loop {
-            let page = self
+            let listed = self
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.options.bucket)
@@ -405,9 +405,30 @@ impl S3Storage {
                 .set_key_marker(key_marker.take())
                 .set_upload_id_marker(upload_marker.take())
                 .send()
-                .await
-                .map_err(|e| anyhow!(explain(&self.place, Action::ListUploads, &e)))
-                .with_context(|| format!("list unfinished uploads in {}", self.location()))?;
+                .await;
+            let page = match listed {
+                Ok(page) => page,
+                // Some S3-compatible servers lack this call. The sweep is only a
+                // safety net, so its absence must not fail every retention run.
+                Err(err) if err.code() == Some("NotImplemented") => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        tracing::warn!(
+                            destination = %self.location(),
+                            "the server does not implement ListMultipartUploads, so uploads \
+                             left by a killed agent are not cleaned up; add a bucket lifecycle \
+                             rule AbortIncompleteMultipartUpload"
+                        )
+                    });
+                    return Ok(aborted);
+                }
+                Err(err) => {
+                    return Err(anyhow!(explain(&self.place, Action::ListUploads, &err)))
+                        .with_context(|| {
+                            format!("list unfinished uploads in {}", self.location())
+                        });
+                }
+            };
             for upload in page.uploads() {
                 let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
                     continue;

@@ -717,14 +717,19 @@ impl Scene {
         self.set("AWS_SECRET_ACCESS_KEY", secret);
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vcbackup"))
+    /// The binary with `args`, in this scene's environment only.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vcbackup"));
+        command
             .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     /// Runs and insists on success; returns standard output.
