@@ -34,11 +34,11 @@ fn fixture(db_bytes: usize) -> Fixture {
     let scene = Scene::new();
     let source = scene.path("state.db");
     kine_db(&source, db_bytes);
-    let (identity, recipient) = age_key(scene.dir.path());
+    let keys = common::age_keys(scene.dir.path(), "key.txt");
     Fixture {
         source: source.display().to_string(),
-        identity: identity.display().to_string(),
-        recipient,
+        identity: keys.identity.display().to_string(),
+        recipient: keys.recipient,
         scene,
     }
 }
@@ -536,8 +536,8 @@ fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
 
 #[test]
 fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
-    require_tool("age");
-    require_tool("zstd");
+    common::tool("age");
+    common::tool("zstd");
     let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
     let mut f = fixture(MULTIPART_DB);
     f.scene.static_keys(ACCESS_KEY, SECRET);

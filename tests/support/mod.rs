@@ -473,20 +473,6 @@ pub fn random_text(len: usize) -> String {
 
 // ---------------------------------------------------------------- tools, moto
 
-/// Fails the test, with the fix, if a command-line tool is missing.
-pub fn require_tool(name: &str) {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        found,
-        "{name} is not installed: run `scripts/setup` (installs age, zstd and the Python venv with moto and the AWS CLI)"
-    );
-}
-
 const MOTO: &str = "moto[server]==5.2.5";
 const MOTO_VERSION: &str = "5.2.5";
 
@@ -753,15 +739,6 @@ impl Scene {
         );
         String::from_utf8(out.stderr).unwrap()
     }
-}
-
-/// An age key pair: the identity file and the recipient.
-pub fn age_key(dir: &Path) -> (PathBuf, String) {
-    use age::secrecy::ExposeSecret;
-    let identity = age::x25519::Identity::generate();
-    let path = dir.join("key.txt");
-    std::fs::write(&path, format!("{}\n", identity.to_string().expose_secret())).unwrap();
-    (path, identity.to_public().to_string())
 }
 
 /// A kine-like SQLite database in WAL mode of about `bytes`, its values
