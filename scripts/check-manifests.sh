@@ -268,7 +268,7 @@ def f():
     need(str(tpl["helmRelease"]["chart"]["version"]).startswith("0.3"), "chart must be v0.30+ (sidecarContainers)")
     raw = tpl["helmRelease"]["values"] + tpl["spaceTemplate"]["objects"]
     for key in ("vcbackup/s3-url", "vcbackup/role-arn", "vcbackup/eks-cluster-name", "vcbackup/timezone"):
-        need(f'.Values.loft.clusterAnnotations "{key}"' in raw, f"must read the {key} Cluster annotation")
+        need(f'(.Values.loft.clusterAnnotations | default dict) "{key}"' in raw, f"must read the {key} Cluster annotation, safe when a Cluster has none")
     params = {p["variable"] for p in ver.get("parameters", [])}
     used = set(re.findall(r"\.Values\.([A-Za-z0-9_]+)", raw)) - {"loft"}
     need(used <= params, f"undeclared parameters: {sorted(used - params)}")
