@@ -13,8 +13,10 @@
 //! passes, and the tree is walked from the meta page at the end. Every block is
 //! treated as a possible page: free pages may hold stale headers whose
 //! `overflow` would otherwise hide live pages. Memory: a window of at most
-//! `WINDOW` bytes plus a few dozen bytes per page.
+//! `WINDOW` bytes plus 8 bytes per page (2 MiB per GiB of etcd's 4 KiB
+//! pages) and a handful of larger entries.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 const META_MAGIC: u32 = 0xED0C_DAED;
@@ -44,13 +46,13 @@ struct Meta {
     page_size: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Bucket {
     Root(u64),
     Inline(Box<Leaf>),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Leaf {
     /// Main revision of the last key, when it is shaped like an etcd revision.
     last_rev: Option<u64>,
@@ -60,7 +62,7 @@ struct Leaf {
     meta_bucket: Option<Bucket>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Node {
     /// The last child, and the child to follow for each of `PROBES`.
     Branch {
@@ -68,6 +70,92 @@ enum Node {
         probes: [u64; 3],
     },
     Leaf(Leaf),
+}
+
+/// A page as the walk sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Page<'a> {
+    Branch { last: u64, probes: [u64; 3] },
+    Leaf(Cow<'a, Leaf>),
+}
+
+/// Slot tags, in the top two bits. Page ids are below the file's length over
+/// its page size (at least 512), so under 2^55, and etcd revisions are
+/// counters far below 2^62: real payloads fit the low 62 bits. A value that
+/// does not (only in a corrupt file) makes its page `RICH`, so it is kept
+/// whole rather than misread.
+const TAG: u64 = 0b11 << 62;
+/// Not a tree page: meta, freelist, overflow, or unreadable.
+const EMPTY: u64 = 0;
+/// Payload: the last child, which every probe follows too.
+const BRANCH: u64 = 0b01 << 62;
+/// Payload: `last_rev`, or `NO_REV`; the leaf holds nothing else we look for.
+const LEAF: u64 = 0b10 << 62;
+/// Described in full in `Pages::rich`.
+const RICH: u64 = 0b11 << 62;
+const PAYLOAD: u64 = !TAG;
+const NO_REV: u64 = PAYLOAD;
+
+/// Page summaries, indexed by page id. Every block gets a one-word slot, as
+/// almost all pages need one number; the few that need more (the root leaf,
+/// the `meta` bucket's leaf, a branch whose probes leave its last child) are
+/// kept whole in a map.
+#[derive(Debug, Default)]
+struct Pages {
+    slots: Vec<u64>,
+    rich: HashMap<u64, Node>,
+}
+
+impl Pages {
+    /// Summarises the next block, whose page id is the number seen so far.
+    fn push(&mut self, node: Option<Node>) {
+        let slot = match &node {
+            None => EMPTY,
+            Some(Node::Branch { last, probes })
+                if *last <= PAYLOAD && probes.iter().all(|probe| probe == last) =>
+            {
+                BRANCH | last
+            }
+            Some(Node::Leaf(Leaf {
+                last_rev,
+                compacted: None,
+                key_bucket: None,
+                meta_bucket: None,
+            })) => match *last_rev {
+                None => LEAF | NO_REV,
+                Some(rev) if rev < NO_REV => LEAF | rev,
+                Some(_) => RICH,
+            },
+            Some(_) => RICH,
+        };
+        if let Some(node) = node.filter(|_| slot == RICH) {
+            self.rich.insert(self.slots.len() as u64, node);
+        }
+        self.slots.push(slot);
+    }
+
+    fn get(&self, pgid: u64) -> Option<Page<'_>> {
+        let slot = *self.slots.get(usize::try_from(pgid).ok()?)?;
+        let payload = slot & PAYLOAD;
+        match slot & TAG {
+            BRANCH => Some(Page::Branch {
+                last: payload,
+                probes: [payload; 3],
+            }),
+            LEAF => Some(Page::Leaf(Cow::Owned(Leaf {
+                last_rev: (payload != NO_REV).then_some(payload),
+                ..Leaf::default()
+            }))),
+            RICH => match self.rich.get(&pgid)? {
+                Node::Branch { last, probes } => Some(Page::Branch {
+                    last: *last,
+                    probes: *probes,
+                }),
+                Node::Leaf(leaf) => Some(Page::Leaf(Cow::Borrowed(leaf))),
+            },
+            _ => None,
+        }
+    }
 }
 
 /// Fed the snapshot's bytes in order (without etcd's trailing digest).
@@ -80,7 +168,7 @@ pub struct RevisionScanner {
     next: u64,
     page_size: u64,
     metas: Vec<Meta>,
-    pages: HashMap<u64, Node>,
+    pages: Pages,
     broken: Option<String>,
 }
 
@@ -99,7 +187,7 @@ impl RevisionScanner {
             next: 0,
             page_size: 0,
             metas: Vec::new(),
-            pages: HashMap::new(),
+            pages: Pages::default(),
             broken: None,
         }
     }
@@ -157,24 +245,18 @@ impl RevisionScanner {
                 break;
             }
             let end = at + need.min(available) as usize;
-            let pgid = self.next / self.page_size;
-            match flags {
-                BRANCH_PAGE => {
-                    if let Some(node) = parse_branch(&self.window[at..end]) {
-                        self.pages.insert(pgid, node);
-                    }
-                }
-                LEAF_PAGE => {
-                    let leaf = parse_leaf(&self.window[at..end], true);
-                    self.pages.insert(pgid, Node::Leaf(leaf));
-                }
+            let page = &self.window[at..end];
+            let node = match flags {
+                BRANCH_PAGE => parse_branch(page),
+                LEAF_PAGE => Some(Node::Leaf(parse_leaf(page, true))),
                 META_PAGE => {
-                    if let Some(meta) = parse_meta(&self.window[at..end]) {
-                        self.metas.push(meta);
-                    }
+                    self.metas.extend(parse_meta(page));
+                    None
                 }
-                _ => {}
-            }
+                _ => None,
+            };
+            // One slot per block, so the slot index is the page id.
+            self.pages.push(node);
             self.next += self.page_size;
         }
         let dead = (self.next.min(self.received) - self.window_start) as usize;
@@ -208,12 +290,12 @@ impl RevisionScanner {
     }
 
     /// Walks from `pgid` to a leaf: towards probe `probe`, or rightmost.
-    fn descend(&self, mut pgid: u64, probe: Option<usize>) -> Result<&Leaf, String> {
+    fn descend(&self, mut pgid: u64, probe: Option<usize>) -> Result<Cow<'_, Leaf>, String> {
         for _ in 0..64 {
-            match self.pages.get(&pgid) {
-                Some(Node::Leaf(leaf)) => return Ok(leaf),
-                Some(Node::Branch { last, probes }) => {
-                    pgid = probe.map_or(*last, |p| probes[p]);
+            match self.pages.get(pgid) {
+                Some(Page::Leaf(leaf)) => return Ok(leaf),
+                Some(Page::Branch { last, probes }) => {
+                    pgid = probe.map_or(last, |p| probes[p]);
                 }
                 None => return Err(format!("page {pgid} is missing or unreadable")),
             }
@@ -385,5 +467,185 @@ mod tests {
     fn fnv_matches_the_reference() {
         // FNV-1a 64 of "a", from the reference test vectors.
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    const PAGE: usize = 4096;
+
+    fn page(pgid: u64, flags: u16, count: usize) -> Vec<u8> {
+        let mut page = vec![0; PAGE];
+        page[..8].copy_from_slice(&pgid.to_le_bytes());
+        page[8..10].copy_from_slice(&flags.to_le_bytes());
+        page[10..12].copy_from_slice(&(count as u16).to_le_bytes());
+        page
+    }
+
+    fn meta(pgid: u64, root: u64, txid: u64) -> Vec<u8> {
+        let mut page = page(pgid, META_PAGE, 0);
+        let meta = &mut page[PAGE_HEADER..];
+        meta[..4].copy_from_slice(&META_MAGIC.to_le_bytes());
+        meta[4..8].copy_from_slice(&2u32.to_le_bytes());
+        meta[8..12].copy_from_slice(&(PAGE as u32).to_le_bytes());
+        meta[16..24].copy_from_slice(&root.to_le_bytes());
+        meta[48..56].copy_from_slice(&txid.to_le_bytes());
+        let checksum = fnv1a64(&meta[..META_CHECKSUMMED]);
+        meta[56..64].copy_from_slice(&checksum.to_le_bytes());
+        page
+    }
+
+    /// A leaf page body (elements then data) for `(flags, key, value)` items.
+    fn leaf_body(items: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
+        let mut body = vec![0; PAGE_HEADER + items.len() * ELEMENT];
+        body[8..10].copy_from_slice(&LEAF_PAGE.to_le_bytes());
+        body[10..12].copy_from_slice(&(items.len() as u16).to_le_bytes());
+        for (i, (flags, key, value)) in items.iter().enumerate() {
+            let at = PAGE_HEADER + i * ELEMENT;
+            let pos = (body.len() - at) as u32;
+            body[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+            body[at + 4..at + 8].copy_from_slice(&pos.to_le_bytes());
+            body[at + 8..at + 12].copy_from_slice(&(key.len() as u32).to_le_bytes());
+            body[at + 12..at + 16].copy_from_slice(&(value.len() as u32).to_le_bytes());
+            body.extend_from_slice(key);
+            body.extend_from_slice(value);
+        }
+        body
+    }
+
+    fn leaf(pgid: u64, items: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
+        let mut page = page(pgid, LEAF_PAGE, items.len());
+        let body = leaf_body(items);
+        page[PAGE_HEADER..body.len()].copy_from_slice(&body[PAGE_HEADER..]);
+        page
+    }
+
+    fn branch(pgid: u64, children: &[(&[u8], u64)]) -> Vec<u8> {
+        let mut page = page(pgid, BRANCH_PAGE, children.len());
+        let mut data = PAGE_HEADER + children.len() * ELEMENT;
+        for (i, (key, child)) in children.iter().enumerate() {
+            let at = PAGE_HEADER + i * ELEMENT;
+            page[at..at + 4].copy_from_slice(&((data - at) as u32).to_le_bytes());
+            page[at + 4..at + 8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+            page[at + 8..at + 16].copy_from_slice(&child.to_le_bytes());
+            page[data..data + key.len()].copy_from_slice(key);
+            data += key.len();
+        }
+        page
+    }
+
+    fn rev_key(rev: u64) -> Vec<u8> {
+        let mut key = rev.to_be_bytes().to_vec();
+        key.push(b'_');
+        key.extend(0u64.to_be_bytes());
+        key
+    }
+
+    /// A bucket value: its header, then the inline page when `root` is 0.
+    fn bucket(root: u64, inline: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
+        let mut value = root.to_le_bytes().to_vec();
+        value.extend(0u64.to_le_bytes());
+        if root == 0 {
+            value.extend(leaf_body(inline));
+        }
+        value
+    }
+
+    /// Meta pages 0 and 1, the root leaf at 2 (a free page with a stale
+    /// header at 3), the `key` bucket's branch at 5 over leaves 4 and 6, and
+    /// an inline `meta` bucket holding `compacted`.
+    fn snapshot(rev: u64, compacted: u64) -> Vec<u8> {
+        let low = rev_key(1);
+        let high = rev_key(rev);
+        let meta_bucket = bucket(
+            0,
+            &[
+                (0, FINISHED_COMPACT, &compacted.to_be_bytes()),
+                (0, b"z", b""),
+            ],
+        );
+        let mut stale = leaf(3, &[]);
+        stale[12..16].copy_from_slice(&1000u32.to_le_bytes());
+        [
+            meta(0, 2, 7),
+            meta(1, 9, 6),
+            leaf(
+                2,
+                &[
+                    (BUCKET_LEAF, KEY_BUCKET, &bucket(5, &[])),
+                    (BUCKET_LEAF, META_BUCKET, &meta_bucket),
+                ],
+            ),
+            stale,
+            leaf(4, &[(0, &low, b"v")]),
+            branch(5, &[(&low, 4), (&high, 6)]),
+            leaf(6, &[(0, &high, b"v")]),
+        ]
+        .concat()
+    }
+
+    fn revision(snapshot: &[u8]) -> Result<i64, String> {
+        let mut scanner = RevisionScanner::new();
+        for chunk in snapshot.chunks(1000) {
+            scanner.feed(chunk);
+        }
+        scanner.finish()
+    }
+
+    #[test]
+    fn revisions_near_the_compact_limits_survive() {
+        for rev in [2, (1 << 62) - 2, (1 << 62) - 1, 1 << 62, i64::MAX as u64] {
+            assert_eq!(revision(&snapshot(rev, 0)), Ok(rev as i64), "{rev}");
+        }
+        assert_eq!(revision(&snapshot(2, 9)), Ok(9));
+        assert_eq!(
+            revision(&snapshot(u64::MAX, 0)),
+            Err(format!("revision {} out of range", u64::MAX))
+        );
+    }
+
+    #[test]
+    fn pages_read_back_as_summarised() {
+        let branch = |last, probes| Node::Branch { last, probes };
+        let leaf = |last_rev, compacted| {
+            Node::Leaf(Leaf {
+                last_rev,
+                compacted,
+                ..Leaf::default()
+            })
+        };
+        let nodes = [
+            None,
+            Some(branch(0, [0; 3])),
+            Some(branch(PAYLOAD, [PAYLOAD; 3])),
+            Some(branch(PAYLOAD + 1, [PAYLOAD + 1; 3])),
+            Some(branch(u64::MAX, [u64::MAX; 3])),
+            Some(branch(3, [1, 2, 3])),
+            Some(leaf(None, None)),
+            Some(leaf(Some(0), None)),
+            Some(leaf(Some(NO_REV - 1), None)),
+            Some(leaf(Some(NO_REV), None)),
+            Some(leaf(Some(u64::MAX), None)),
+            Some(leaf(Some(5), Some(4))),
+            Some(Node::Leaf(Leaf {
+                key_bucket: Some(Bucket::Root(9)),
+                ..Leaf::default()
+            })),
+        ];
+        let mut pages = Pages::default();
+        for node in &nodes {
+            pages.push(node.clone());
+        }
+        // Only the entries a word cannot hold take map room.
+        assert_eq!(pages.rich.len(), 7);
+        for (pgid, node) in nodes.iter().enumerate() {
+            let expected = node.as_ref().map(|node| match node {
+                Node::Branch { last, probes } => Page::Branch {
+                    last: *last,
+                    probes: *probes,
+                },
+                Node::Leaf(leaf) => Page::Leaf(Cow::Borrowed(leaf)),
+            });
+            assert_eq!(pages.get(pgid as u64), expected, "{pgid}");
+        }
+        assert!(pages.get(nodes.len() as u64).is_none());
+        assert!(pages.get(u64::MAX).is_none());
     }
 }
