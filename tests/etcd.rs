@@ -453,6 +453,51 @@ fn plain_http_backup_restores_with_etcdctl() {
 }
 
 #[test]
+fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
+    // The pipeline hands storage 1 MiB chunks, blocking while its channel is
+    // full. The store is large enough (about 19 MB) that compressed output
+    // reaches storage while the snapshot still streams, not only at the end.
+    use rand::RngCore;
+    let dir = TempDir::new().unwrap();
+    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    let mut rng = rand::rng();
+    let mut values = Vec::new();
+    for i in 0..160 {
+        // Incompressible, and under the 128 KiB limit of one command-line argument.
+        let mut raw = vec![0u8; 60_000];
+        rng.fill_bytes(&mut raw);
+        let value = hex_encode(&raw);
+        etcd.put(&format!("/registry/secrets/default/s{i:03}"), &value);
+        values.push(value);
+    }
+    let dest = dir.path().join("backups");
+    let manifest = backup(&etcd.endpoint, &dest, &["--no-encryption"]);
+    let stored = manifest["stored_size"].as_u64().unwrap();
+    assert!(
+        stored > 8 << 20,
+        "backup of {stored} bytes spans too few chunks"
+    );
+    let (_, revision) = etcd.keys("/registry/");
+    assert_eq!(manifest["revision"].as_i64(), Some(revision));
+    drop(etcd);
+
+    let snapshot = dir.path().join("snapshot.db");
+    ok(vcbackup()
+        .args(["restore", "latest", "--name", "demo", "--destination"])
+        .arg(format!("file://{}", dest.display()))
+        .arg("--to")
+        .arg(&snapshot));
+    let restored = restore_and_start(&snapshot, dir.path(), "vc");
+    let (kvs, _) = restored.keys("/registry/");
+    let restored_values: Vec<String> = kvs.into_iter().map(|(_, v, _)| v).collect();
+    assert_eq!(restored_values, values);
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
 fn tls_with_client_certificates_as_in_a_vcluster_pod() {
     let dir = TempDir::new().unwrap();
     let pki = Pki::new(dir.path());

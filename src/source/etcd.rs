@@ -109,18 +109,24 @@ impl EtcdSource {
         })
     }
 
-    async fn stream_snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts> {
-        let before = self.status().await?;
+    /// Runs on a blocking thread. Only the etcd calls are driven with
+    /// `block_on`: writing to `out` can block on storage's full channel, which
+    /// must happen outside the runtime.
+    fn stream_snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts> {
+        let runtime = self.runtime.clone();
+        let before = runtime.block_on(self.status())?;
         let what = "take a snapshot";
-        let mut stream = tokio::time::timeout(REQUEST_TIMEOUT, self.client.snapshot())
-            .await
+        let mut stream = runtime
+            .block_on(tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                self.client.snapshot(),
+            ))
             .map_err(|_| timed_out(&self.endpoint, what))?
             .map_err(|err| explain(&self.endpoint, what, &err))?;
         let mut digest = DigestCheck::new();
         let mut scanner = RevisionScanner::new();
-        while let Some(message) = stream
-            .message()
-            .await
+        while let Some(message) = runtime
+            .block_on(stream.message())
             .map_err(|err| explain(&self.endpoint, what, &err))?
         {
             let blob = message.blob();
@@ -131,7 +137,7 @@ impl EtcdSource {
             .finish()
             .with_context(|| format!("verify the snapshot of etcd at {}", self.endpoint))?;
         // The snapshot is already verified: a failed status call only costs the upper bound.
-        let after = match self.status().await {
+        let after = match runtime.block_on(self.status()) {
             Ok(after) => after,
             Err(err) => {
                 tracing::warn!(error = %format!("{err:#}"), "etcd status after the snapshot failed");
@@ -190,8 +196,7 @@ impl Source for EtcdSource {
     }
 
     fn snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts> {
-        let runtime = self.runtime.clone();
-        runtime.block_on(self.stream_snapshot(out))
+        self.stream_snapshot(out)
     }
 }
 
