@@ -34,7 +34,15 @@ async fn main() -> Result<()> {
     println!("listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
     loop {
-        let (socket, _) = listener.accept().await?;
+        // A transient accept error (out of file descriptors) must not end the server.
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(err) => {
+                eprintln!("s3_server: accept: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let service = service.clone();
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()

@@ -233,7 +233,12 @@ fn init_logging(format: LogFormat, filter: &str) {
 /// parts. A fixed threshold maps each large buffer and unmaps it when freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn return_freed_buffers_to_the_os() {
-    // SAFETY: mallopt only tunes the allocator; no other thread exists yet.
+    // An operator's own threshold (GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…) wins.
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.mmap_threshold")) {
+        return;
+    }
+    // SAFETY: mallopt only tunes the allocator; no other thread exists yet. It
+    // fails only for an unknown parameter, and then the allocator is unchanged.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
