@@ -360,6 +360,21 @@ fn backup(source: &str, dest: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&manifest).unwrap()
 }
 
+/// `vcbackup restore latest` of `dest`'s newest backup into `to`: the snapshot
+/// file, its digest checked.
+fn restore_latest(dest: &Path, to: &Path, identity: Option<&Path>) {
+    let mut restore = vcbackup();
+    restore
+        .args(["restore", "latest", "--name", "demo", "--destination"])
+        .arg(format!("file://{}", dest.display()))
+        .arg("--to")
+        .arg(to);
+    if let Some(identity) = identity {
+        restore.arg("-i").arg(identity);
+    }
+    ok(&mut restore);
+}
+
 /// `etcdctl snapshot restore` of `snapshot`, then etcd started on the result.
 fn restore_and_start(snapshot: &Path, dir: &Path, name: &str) -> Etcd {
     let data_dir = dir.join(format!("{name}-restored"));
@@ -419,13 +434,7 @@ fn plain_http_backup_restores_with_etcdctl() {
 
     // vcbackup restore: the snapshot file, digest intact.
     let snapshot = dir.path().join("snapshot.db");
-    ok(vcbackup()
-        .args(["restore", "latest", "--name", "demo", "--destination"])
-        .arg(format!("file://{}", dest.display()))
-        .arg("--to")
-        .arg(&snapshot)
-        .arg("-i")
-        .arg(&identity));
+    restore_latest(&dest, &snapshot, Some(&identity));
     // age -d | zstd -d gives the same bytes.
     let name = manifest["name"].as_str().unwrap();
     let stored = dest.join("demo").join(name);
@@ -482,11 +491,7 @@ fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
     drop(etcd);
 
     let snapshot = dir.path().join("snapshot.db");
-    ok(vcbackup()
-        .args(["restore", "latest", "--name", "demo", "--destination"])
-        .arg(format!("file://{}", dest.display()))
-        .arg("--to")
-        .arg(&snapshot));
+    restore_latest(&dest, &snapshot, None);
     let restored = restore_and_start(&snapshot, dir.path(), "vc");
     let (kvs, _) = restored.keys("/registry/");
     let restored_values: Vec<String> = kvs.into_iter().map(|(_, v, _)| v).collect();
