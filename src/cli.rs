@@ -223,6 +223,12 @@ pub struct RetentionArgs {
     /// Keep at most this many backups (vCluster's retention.maxSnapshots); 0: no count limit.
     #[arg(long, env = "VCBACKUP_MAX_SNAPSHOTS", default_value_t = 30)]
     pub max_snapshots: u32,
+
+    /// Abort unfinished S3 multipart uploads under this virtual cluster's prefix (left by an
+    /// agent killed mid-upload) that started longer ago than this. Keep it longer than any
+    /// backup takes: a running upload that is older is aborted too.
+    #[arg(long, env = "VCBACKUP_ABORT_UPLOADS_AFTER", default_value = "24h")]
+    pub abort_uploads_after: String,
 }
 
 #[derive(Debug, Args)]
@@ -381,6 +387,18 @@ impl RetentionArgs {
             max_count: self.max_snapshots,
         }
     }
+
+    /// How old an unfinished upload must be before it is aborted.
+    pub fn stale_upload_age(&self) -> Result<chrono::TimeDelta> {
+        let age =
+            schedule::parse_duration(&self.abort_uploads_after).context("--abort-uploads-after")?;
+        chrono::TimeDelta::from_std(age).with_context(|| {
+            format!(
+                "--abort-uploads-after {}: too long",
+                self.abort_uploads_after
+            )
+        })
+    }
 }
 
 impl RunArgs {
@@ -398,6 +416,7 @@ impl RunArgs {
             jitter: schedule::parse_duration(&self.jitter).context("--jitter")?,
             catch_up: !self.no_catch_up,
             retention: self.retention.policy(),
+            stale_upload_age: self.retention.stale_upload_age()?,
             listen: self.listen,
             shutdown_timeout: timeout,
             backup_on_shutdown: self.backup_on_shutdown,

@@ -30,8 +30,6 @@ use crate::storage::{Destination, Storage};
 const WAKE: Duration = Duration::from_secs(15);
 /// `/livez` fails once the loop has been silent this long.
 const STALLED_AFTER: Duration = Duration::from_secs(90);
-/// Unfinished multipart uploads older than this were left by a killed agent.
-const STALE_UPLOAD_AGE: chrono::TimeDelta = chrono::TimeDelta::days(1);
 const RECENT_BACKUPS: usize = 10;
 
 /// Everything `run` needs, checked before anything starts.
@@ -45,6 +43,8 @@ pub struct DaemonConfig {
     pub jitter: Duration,
     pub catch_up: bool,
     pub retention: RetentionPolicy,
+    /// Unfinished uploads older than this are aborted after each backup.
+    pub stale_upload_age: chrono::TimeDelta,
     pub listen: String,
     pub shutdown_timeout: Duration,
     pub backup_on_shutdown: bool,
@@ -434,10 +434,13 @@ impl Scheduler<'_> {
         self.state.set_stored(&plan.keep);
         let aborted = self
             .storage
-            .abort_stale_uploads(now - STALE_UPLOAD_AGE)
+            .abort_stale_uploads(now - self.config.stale_upload_age)
             .await?;
         if aborted > 0 {
-            tracing::info!(aborted, "aborted unfinished uploads older than a day");
+            tracing::info!(
+                aborted,
+                "aborted unfinished uploads older than --abort-uploads-after"
+            );
         }
         Ok(())
     }

@@ -77,11 +77,11 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Prune(args) => {
             let policy = args.retention.policy();
+            let stale_upload_age = args.retention.stale_upload_age()?;
             let target = args.storage.resolve()?;
             let storage = target.destination.open(&target.vcluster).await?;
-            let plan =
-                retention::prune(storage.as_ref(), &policy, chrono::Utc::now(), args.dry_run)
-                    .await?;
+            let now = chrono::Utc::now();
+            let plan = retention::prune(storage.as_ref(), &policy, now, args.dry_run).await?;
             let verb = if args.dry_run {
                 "would delete"
             } else {
@@ -92,6 +92,15 @@ async fn run(command: Command) -> Result<()> {
             }
             for backup in &plan.keep {
                 println!("keep {}", backup.name);
+            }
+            if !args.dry_run {
+                let aborted = storage.abort_stale_uploads(now - stale_upload_age).await?;
+                if aborted > 0 {
+                    println!(
+                        "aborted {aborted} unfinished upload(s) older than {}",
+                        args.retention.abort_uploads_after
+                    );
+                }
             }
             Ok(())
         }

@@ -538,6 +538,72 @@ fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
 }
 
 #[test]
+fn prune_aborts_unfinished_uploads_older_than_the_limit_under_its_prefix_only() {
+    let moto = Moto::start();
+    let client = s3_client(&moto.endpoint(), &moto.access_key, &moto.secret);
+    rt().block_on(client.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    // What an agent killed mid-upload leaves behind, here and beside us.
+    for key in [
+        "team/prod/demo/leftover.zst.age",
+        "team/prod/other/theirs.zst.age",
+    ] {
+        rt().block_on(
+            client
+                .create_multipart_upload()
+                .bucket(BUCKET)
+                .key(key)
+                .send(),
+        )
+        .unwrap();
+    }
+    let uploads = || -> Vec<String> {
+        let listed = rt()
+            .block_on(client.list_multipart_uploads().bucket(BUCKET).send())
+            .unwrap();
+        let mut keys: Vec<String> = listed
+            .uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_string))
+            .collect();
+        keys.sort();
+        keys
+    };
+    let mut f = fixture(MIB);
+    f.scene.static_keys(&moto.access_key, &moto.secret);
+    let dest = destination(&moto.endpoint(), "");
+    let prune = |extra: &[&str]| {
+        let mut args = vec!["prune", "--destination", &dest, "--name", "demo"];
+        args.extend_from_slice(extra);
+        f.scene.ok(&args)
+    };
+    // moto reports every upload as started on 2010-11-10 (a fixed `Initiated`),
+    // so ours is stale unless the limit reaches back further than that.
+    prune(&["--abort-uploads-after", "10000d"]);
+    prune(&["--dry-run"]);
+    assert_eq!(uploads().len(), 2);
+
+    let out = prune(&[]);
+    assert!(
+        out.contains("aborted 1 unfinished upload(s) older than 24h"),
+        "{out}"
+    );
+    // Another virtual cluster's upload is not ours to abort.
+    assert_eq!(uploads(), ["team/prod/other/theirs.zst.age"]);
+
+    let stderr = f.scene.fails(&[
+        "prune",
+        "--destination",
+        &dest,
+        "--name",
+        "demo",
+        "--abort-uploads-after",
+        "soon",
+    ]);
+    assert!(stderr.contains("--abort-uploads-after"), "{stderr}");
+}
+
+#[test]
 fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
     common::tool("age");
     common::tool("zstd");
