@@ -44,12 +44,22 @@ if ! command -v promtool >/dev/null 2>&1; then
     fi
 fi
 
+# The VirtualClusterTemplate is rendered for real: Go's text/template with sprig,
+# as vCluster Platform renders it (Debian's golang-go and sprig, offline).
+RENDER="$WORK/render-template"
+if ! (cd "$ROOT/scripts/render-template" && GO111MODULE=off GOPATH=/usr/share/gocode \
+        GOCACHE="$WORK/gocache" GOFLAGS= go build -o "$RENDER" .) >"$WORK/go.log" 2>&1; then
+    bad "tools: build scripts/render-template (golang-go, golang-github-masterminds-sprig-dev)"
+    sed 's/^/      /' "$WORK/go.log"
+fi
+export RENDER
+
 # ---- structure checks and generated inputs for the tools below ----------------
 # The Python part checks the fields the README and the other files rely on, and
 # writes into $WORK: rendered template values, container specs wrapped in Pods,
 # the PrometheusRule's spec, the dashboard's queries as rules, a list of core objects.
 "$PY" - "$ROOT" "$WORK" <<'PYEOF'
-import glob, json, os, re, sys
+import glob, json, os, re, subprocess, sys
 import yaml
 
 root, work = sys.argv[1], sys.argv[2]
@@ -255,10 +265,26 @@ def f():
         yaml.safe_dump(pr["spec"], out, sort_keys=False)
 check("fields: deploy/prometheusrule.yaml (PrometheusRule)", f)
 
-def render(text):
-    """Stand-in for the platform's template rendering: every {{ ... }} becomes a word."""
-    need(text.count("{{") == text.count("}}"), "unbalanced {{ }}")
-    return re.sub(r"\{\{.*?\}\}", "rendered", text)
+ANNOTATIONS = {
+    "vcbackup/s3-url": "s3://bucket-from-annotation/vc",
+    "vcbackup/s3-region": "us-west-2",
+    "vcbackup/role-arn": "arn:aws:iam::111122223333:role/from-annotation",
+    "vcbackup/eks-cluster-name": "eks-from-annotation",
+    "vcbackup/timezone": "Europe/Berlin",
+    "vcbackup/age-recipients": "age1fromannotation",
+}
+
+def render(text, params, annotations, missingkey):
+    """The platform's rendering: Go text/template with sprig (scripts/render-template).
+    `annotations` is the host Cluster's annotations, or None for a Cluster without any."""
+    loft = {"virtualClusterName": "demo", "virtualClusterNamespace": "team-a"}
+    if annotations is not None:
+        loft["clusterAnnotations"] = annotations
+    values = dict(params, loft=loft)
+    out = subprocess.run([os.environ["RENDER"], json.dumps(values), missingkey],
+                         input=text, capture_output=True, text=True)
+    need(out.returncode == 0, f"renders (annotations={annotations is not None}, missingkey={missingkey}): {out.stderr.strip()}")
+    return out.stdout
 
 def f():
     path, vct = only("VirtualClusterTemplate")
@@ -267,21 +293,38 @@ def f():
     tpl = ver["template"]
     need(str(tpl["helmRelease"]["chart"]["version"]).startswith("0.3"), "chart must be v0.30+ (sidecarContainers)")
     raw = tpl["helmRelease"]["values"] + tpl["spaceTemplate"]["objects"]
-    for key in ("vcbackup/s3-url", "vcbackup/role-arn", "vcbackup/eks-cluster-name", "vcbackup/timezone"):
-        need(f'(.Values.loft.clusterAnnotations | default dict) "{key}"' in raw, f"must read the {key} Cluster annotation, safe when a Cluster has none")
     params = {p["variable"] for p in ver.get("parameters", [])}
     used = set(re.findall(r"\.Values\.([A-Za-z0-9_]+)", raw)) - {"loft"}
     need(used <= params, f"undeclared parameters: {sorted(used - params)}")
-    values = yaml.safe_load(render(tpl["helmRelease"]["values"]))
-    with open(os.path.join(work, "rendered-template-values.yaml"), "w") as out:
-        yaml.safe_dump(values, out, sort_keys=False)
-    check_values(f"{rel(path)} values", values)
-    (pia,) = list(yaml.safe_load_all(render(tpl["spaceTemplate"]["objects"])))
-    need(pia["kind"] == "PodIdentityAssociation" and pia["apiVersion"] == "eks.services.k8s.aws/v1alpha1",
-         "spaceTemplate.objects must create a PodIdentityAssociation")
-    need({"clusterName", "namespace", "serviceAccount", "roleARN"} <= set(pia["spec"]), "association fields")
+    defaults = {p["variable"]: p.get("defaultValue") for p in ver.get("parameters", [])}
+    # A Cluster with every annotation, one with none, and one with an empty map, under
+    # both of text/template's missingkey modes (Helm uses zero).
+    for annotations in (ANNOTATIONS, None, {}):
+        for missingkey in ("default", "zero"):
+            values = yaml.safe_load(render(tpl["helmRelease"]["values"], defaults, annotations, missingkey))
+            (pia,) = list(yaml.safe_load_all(render(tpl["spaceTemplate"]["objects"], defaults, annotations, missingkey)))
+            env = {e["name"]: e.get("value") for e in values["controlPlane"]["statefulSet"]["sidecarContainers"][0]["env"]}
+            need(pia["kind"] == "PodIdentityAssociation" and pia["apiVersion"] == "eks.services.k8s.aws/v1alpha1",
+                 "spaceTemplate.objects must create a PodIdentityAssociation")
+            need(pia["spec"]["serviceAccount"] == "vc-demo" and pia["spec"]["namespace"] == "team-a",
+                 f"association for vc-<virtual cluster> in its namespace: {pia['spec']}")
+            if annotations:
+                need(env["VCBACKUP_DESTINATION"] == "s3://bucket-from-annotation/vc/team-a?region=us-west-2",
+                     f"destination from the annotations: {env['VCBACKUP_DESTINATION']}")
+                need(env["VCBACKUP_RECIPIENTS"] == "age1fromannotation" and env["VCBACKUP_TIMEZONE"] == "Europe/Berlin",
+                     f"recipients and time zone from the annotations: {env}")
+                need(pia["spec"]["clusterName"] == "eks-from-annotation"
+                     and pia["spec"]["roleARN"] == "arn:aws:iam::111122223333:role/from-annotation",
+                     f"association from the annotations: {pia['spec']}")
+                with open(os.path.join(work, "rendered-template-values.yaml"), "w") as out:
+                    yaml.safe_dump(values, out, sort_keys=False)
+                check_values(f"{rel(path)} values", values)
+            else:
+                need(env["VCBACKUP_DESTINATION"].startswith("s3://REPLACE_BUCKET/vcluster/team-a?region=")
+                     and env["VCBACKUP_TIMEZONE"] == "UTC" and not env["VCBACKUP_RECIPIENTS"],
+                     f"defaults without annotations: {env}")
     need("vc-{{ .Values.loft.virtualClusterName }}" in tpl["spaceTemplate"]["objects"], "serviceAccount must be vc-<virtual cluster>")
-check("fields: deploy/virtual-cluster-template.yaml (VirtualClusterTemplate, rendered)", f)
+check("fields: deploy/virtual-cluster-template.yaml (VirtualClusterTemplate, rendered with Go templates + sprig for a Cluster with, without and with empty annotations)", f)
 schema_inputs.append(os.path.join(work, "rendered-template-values.yaml"))
 
 with open(os.path.join(work, "schema-inputs.txt"), "w") as out:
