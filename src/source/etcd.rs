@@ -108,11 +108,28 @@ impl EtcdSource {
             server_version: status.version().to_string(),
         })
     }
+}
+
+struct Status {
+    revision: i64,
+    cluster_id: String,
+    member_id: String,
+    server_version: String,
+}
+
+impl Source for EtcdSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Etcd
+    }
+
+    fn describe(&self) -> String {
+        self.endpoint.clone()
+    }
 
     /// Runs on a blocking thread. Only the etcd calls are driven with
     /// `block_on`: writing to `out` can block on storage's full channel, which
     /// must happen outside the runtime.
-    fn stream_snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts> {
+    fn snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts> {
         let runtime = self.runtime.clone();
         let before = runtime.block_on(self.status())?;
         let what = "take a snapshot";
@@ -176,27 +193,6 @@ impl EtcdSource {
                 server_version: after.server_version,
             }),
         })
-    }
-}
-
-struct Status {
-    revision: i64,
-    cluster_id: String,
-    member_id: String,
-    server_version: String,
-}
-
-impl Source for EtcdSource {
-    fn kind(&self) -> SourceKind {
-        SourceKind::Etcd
-    }
-
-    fn describe(&self) -> String {
-        self.endpoint.clone()
-    }
-
-    fn snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts> {
-        self.stream_snapshot(out)
     }
 }
 
