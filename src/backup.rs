@@ -66,7 +66,13 @@ pub async fn take_backup(
     let started = Utc::now().trunc_subsecs(3);
     let clock = Instant::now();
     let kind = source.kind();
-    let name = manifest::backup_name(vcluster, started, kind, sealing.recipients.is_some());
+    let name = manifest::backup_name(
+        vcluster,
+        started,
+        rand::random(),
+        kind,
+        sealing.recipients.is_some(),
+    );
     let described = source.describe();
     tracing::info!(backup = %name, source = %described, destination = %storage.location(), "backup started");
 
@@ -134,7 +140,8 @@ pub async fn take_backup(
         async { storage::put_bytes(storage, &manifest.manifest_key(), manifest.to_json()?).await }
             .await;
     if let Err(err) = written {
-        // Without its manifest the backup is not listed; do not leave it lying around.
+        // Without its manifest the backup is not listed; do not leave it lying
+        // around. The object is ours: it was written only if absent.
         let _ = storage.delete(&name).await;
         return Err(BackupError {
             stage: Stage::Storage,

@@ -16,7 +16,7 @@ use crate::daemon::DaemonConfig;
 use crate::pipeline::{Compression, Identities, Recipients, Sealing};
 use crate::retention::RetentionPolicy;
 use crate::schedule::{self, Schedule};
-use crate::source::{EtcdOptions, EtcdTls, SourceConfig, SourceSpec};
+use crate::source::{EtcdOptions, EtcdTls, HaMode, SourceConfig, SourceSpec};
 use crate::storage::Destination;
 
 #[derive(Debug, Parser)]
@@ -53,7 +53,7 @@ pub enum Command {
     /// Run as the sidecar: back up on a schedule, apply retention, serve metrics and health.
     Run(RunArgs),
     /// Take one backup now and exit.
-    Backup(BackupArgs),
+    Backup(BackupNowArgs),
     /// List the backups in the destination, newest first.
     List(ListArgs),
     /// Apply retention now: delete backups older than --retention-days or beyond --max-snapshots.
@@ -106,6 +106,16 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub sealing: SealingArgs,
+}
+
+/// `vcbackup backup`: one backup, then the sweep of what killed agents left.
+#[derive(Debug, Args)]
+pub struct BackupNowArgs {
+    #[command(flatten)]
+    pub backup: BackupArgs,
+
+    #[command(flatten)]
+    pub sweep: SweepArgs,
 }
 
 /// Where `--source auto` looks, and how to reach etcd.
@@ -211,6 +221,13 @@ pub struct RunArgs {
     /// Take a final backup on SIGTERM, within --shutdown-timeout (sleep mode scales the pod to zero).
     #[arg(long, env = "VCBACKUP_BACKUP_ON_SHUTDOWN")]
     pub backup_on_shutdown: bool,
+
+    /// Which agents back up when the control plane has several replicas: `leader` only while
+    /// the etcd member this agent reaches is the leader (the others stand by), `every-replica`,
+    /// or `auto`: `leader` for the pod's own embedded etcd member (a loopback endpoint),
+    /// `every-replica` otherwise.
+    #[arg(long, env = "VCBACKUP_HA", value_enum, default_value_t = HaMode::Auto)]
+    pub ha: HaMode,
 }
 
 #[derive(Debug, Args)]
@@ -224,9 +241,17 @@ pub struct RetentionArgs {
     #[arg(long, env = "VCBACKUP_MAX_SNAPSHOTS", default_value_t = 30)]
     pub max_snapshots: u32,
 
-    /// Abort unfinished S3 multipart uploads under this virtual cluster's prefix (left by an
-    /// agent killed mid-upload) that started longer ago than this. Keep it longer than any
-    /// backup takes: a running upload that is older is aborted too.
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+}
+
+/// What a killed agent left behind, and when it counts as abandoned.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Abort unfinished S3 multipart uploads under this virtual cluster's prefix, and remove
+    /// `.partial-*` files in a directory destination, that an agent killed mid-backup left and
+    /// that started (S3) or were last written (directory) longer ago than this. Keep it longer
+    /// than any backup takes: a running S3 upload that is older is aborted too.
     #[arg(long, env = "VCBACKUP_ABORT_UPLOADS_AFTER", default_value = "24h")]
     pub abort_uploads_after: String,
 }
@@ -376,6 +401,8 @@ impl BackupArgs {
                 data_dir: options.data_dir.clone(),
                 wait_for_certs: options.wait_for_certs,
             },
+            // An operator's one-off backup is taken wherever it is asked for.
+            ha: HaMode::EveryReplica,
         })
     }
 }
@@ -387,7 +414,9 @@ impl RetentionArgs {
             max_count: self.max_snapshots,
         }
     }
+}
 
+impl SweepArgs {
     /// How old an unfinished upload must be before it is aborted.
     pub fn stale_upload_age(&self) -> Result<chrono::TimeDelta> {
         let age =
@@ -406,8 +435,12 @@ impl RunArgs {
         let target = self.backup.storage.resolve()?;
         let timeout = schedule::parse_duration(&self.shutdown_timeout)
             .with_context(|| "--shutdown-timeout".to_string())?;
+        let source = SourceConfig {
+            ha: self.ha,
+            ..self.backup.source()?
+        };
         Ok(DaemonConfig {
-            source: self.backup.source()?,
+            source,
             sealing: self.backup.sealing.resolve()?,
             destination: target.destination,
             vcluster: target.vcluster,
@@ -416,7 +449,7 @@ impl RunArgs {
             jitter: schedule::parse_duration(&self.jitter).context("--jitter")?,
             catch_up: !self.no_catch_up,
             retention: self.retention.policy(),
-            stale_upload_age: self.retention.stale_upload_age()?,
+            stale_upload_age: self.retention.sweep.stale_upload_age()?,
             listen: self.listen,
             shutdown_timeout: timeout,
             backup_on_shutdown: self.backup_on_shutdown,

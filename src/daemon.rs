@@ -17,13 +17,13 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, BackupError, Stage};
+use crate::backup::{self, Stage};
 use crate::manifest::{Manifest, SourceKind};
 use crate::metrics::Metrics;
 use crate::pipeline::Sealing;
 use crate::retention::{self, RetentionPolicy};
 use crate::schedule::{self, Schedule};
-use crate::source::SourceConfig;
+use crate::source::{Source, SourceConfig};
 use crate::storage::{Destination, Storage};
 
 /// The loop wakes at least this often, to notice clock jumps and show it is alive.
@@ -65,6 +65,8 @@ pub struct Status {
     pub schedule: String,
     pub timezone: String,
     pub running: bool,
+    /// Why another replica's agent takes the backups (`--ha`); `None` while this one does.
+    pub standby: Option<String>,
     pub next_run: Option<DateTime<Utc>>,
     pub last_success: Option<Success>,
     pub last_failure: Option<Failure>,
@@ -157,6 +159,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         schedule: config.schedule.to_string(),
         timezone: config.timezone.name().to_string(),
         running: false,
+        standby: None,
         next_run: None,
         last_success: None,
         last_failure: None,
@@ -363,10 +366,27 @@ impl Scheduler<'_> {
         let metrics = &self.state.metrics;
         let started = Utc::now();
         let clock = Instant::now();
+        let source = match self.open_source().await {
+            Ok(Some(source)) => source,
+            // Another replica's agent backs up this slot.
+            Ok(None) => return,
+            Err(err) => {
+                metrics.last_attempt.set(started.timestamp() as f64);
+                metrics.backups.with_label_values(&["failure"]).inc();
+                self.record_failure(Stage::Source, &err);
+                return;
+            }
+        };
         metrics.last_attempt.set(started.timestamp() as f64);
         metrics.in_progress.set(1);
         self.state.update(|s| s.running = true);
-        let result = self.backup().await;
+        let result = backup::take_backup(
+            source,
+            Arc::clone(&self.config.sealing),
+            self.storage,
+            &self.config.vcluster,
+        )
+        .await;
         metrics.in_progress.set(0);
         self.state.update(|s| s.running = false);
         match result {
@@ -405,23 +425,43 @@ impl Scheduler<'_> {
         }
     }
 
-    async fn backup(&self) -> Result<Manifest, BackupError> {
+    /// Opens the source, or returns `None` when this agent stands by for
+    /// another replica's (`--ha`).
+    async fn open_source(&self) -> Result<Option<Box<dyn Source>>> {
         let spec = self.config.source.clone();
-        let source = tokio::task::spawn_blocking(move || spec.open())
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|opened| opened)
-            .map_err(|error| BackupError {
-                stage: Stage::Source,
-                error,
-            })?;
-        backup::take_backup(
-            source,
-            Arc::clone(&self.config.sealing),
-            self.storage,
-            &self.config.vcluster,
-        )
-        .await
+        let (source, standby) = tokio::task::spawn_blocking(move || {
+            let mut source = spec.open()?;
+            let standby = source.standby()?;
+            anyhow::Ok((source, standby))
+        })
+        .await??;
+        let was = self.state.status().standby;
+        match (&standby, &was) {
+            (Some(why), None) => tracing::info!("standing by: {why}"),
+            (None, Some(_)) => tracing::info!("this agent takes the backups now (--ha)"),
+            _ => {}
+        }
+        self.state.metrics.standby.set(i64::from(standby.is_some()));
+        let standing_by = standby.is_some();
+        self.state.update(|s| s.standby = standby);
+        if !standing_by {
+            return Ok(Some(source));
+        }
+        // The active agent's backups are this cluster's too: keep the freshness
+        // metric on them, so alerts on a standby agent fire only when no agent backs up.
+        match crate::catalog::list_backups(self.storage).await {
+            Ok(backups) => {
+                if let Some(newest) = backups.first() {
+                    self.state
+                        .metrics
+                        .last_success
+                        .set(newest.finished.timestamp() as f64);
+                }
+                self.state.set_stored(&backups);
+            }
+            Err(err) => tracing::warn!("standing by; listing the other agent's backups: {err:#}"),
+        }
+        Ok(None)
     }
 
     async fn apply_retention(&self) -> Result<()> {

@@ -52,14 +52,20 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => daemon::run(args.resolve()?).await,
         Command::Backup(args) => {
-            let source = args.source()?;
-            let sealing = args.sealing.resolve()?;
-            let target = args.storage.resolve()?;
+            let source = args.backup.source()?;
+            let sealing = args.backup.sealing.resolve()?;
+            let stale_upload_age = args.sweep.stale_upload_age()?;
+            let target = args.backup.storage.resolve()?;
             let storage = target.destination.open(&target.vcluster).await?;
             let source = tokio::task::spawn_blocking(move || source.open()).await??;
             let manifest =
                 backup::take_backup(source, sealing, storage.as_ref(), &target.vcluster).await?;
             println!("{}", manifest.name);
+            // The backup is stored; a failed clean-up of others' leftovers only warns.
+            let cutoff = chrono::Utc::now() - stale_upload_age;
+            if let Err(err) = storage.abort_stale_uploads(cutoff).await {
+                tracing::warn!("sweeping unfinished uploads: {err:#}");
+            }
             Ok(())
         }
         Command::List(args) => {
@@ -77,7 +83,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Prune(args) => {
             let policy = args.retention.policy();
-            let stale_upload_age = args.retention.stale_upload_age()?;
+            let stale_upload_age = args.retention.sweep.stale_upload_age()?;
             let target = args.storage.resolve()?;
             let storage = target.destination.open(&target.vcluster).await?;
             let now = chrono::Utc::now();
@@ -98,7 +104,7 @@ async fn run(command: Command) -> Result<()> {
                 if aborted > 0 {
                     println!(
                         "aborted {aborted} unfinished upload(s) older than {}",
-                        args.retention.abort_uploads_after
+                        args.retention.sweep.abort_uploads_after
                     );
                 }
             }

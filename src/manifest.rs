@@ -109,17 +109,21 @@ pub fn manifest_key(backup_name: &str) -> String {
     format!("{backup_name}{MANIFEST_SUFFIX}")
 }
 
-/// The object name of a backup: `<vcluster>-<UTC time>-<kind>.zst[.age]`.
-/// Fixed-width UTC timestamps make names sort by time.
+/// The object name of a backup: `<vcluster>-<UTC time>-<writer>-<kind>.zst[.age]`.
+/// Fixed-width UTC timestamps make names sort by time. `writer` is random per
+/// backup: two agents under one name (HA replicas) starting in the same
+/// millisecond still pick different names, even on a server without
+/// conditional writes.
 pub fn backup_name(
     vcluster: &str,
     started: DateTime<Utc>,
+    writer: u32,
     kind: SourceKind,
     encrypted: bool,
 ) -> String {
     let stamp = started.format("%Y%m%dT%H%M%S%.3fZ");
     let suffix = if encrypted { ".zst.age" } else { ".zst" };
-    format!("{vcluster}-{stamp}-{kind}{suffix}")
+    format!("{vcluster}-{stamp}-{writer:08x}-{kind}{suffix}")
 }
 
 pub fn rfc3339(time: DateTime<Utc>) -> String {
@@ -135,10 +139,12 @@ mod tests {
     fn names_sort_by_time_and_say_what_they_are() {
         let early = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
         let late = Utc.with_ymd_and_hms(2026, 11, 2, 3, 4, 5).unwrap();
-        let a = backup_name("demo", early, SourceKind::Sqlite, true);
-        let b = backup_name("demo", late, SourceKind::Etcd, false);
-        assert_eq!(a, "demo-20260102T030405.000Z-sqlite.zst.age");
-        assert_eq!(b, "demo-20261102T030405.000Z-etcd.zst");
+        let a = backup_name("demo", early, 0xffff_ffff, SourceKind::Sqlite, true);
+        let b = backup_name("demo", late, 0, SourceKind::Etcd, false);
+        assert_eq!(a, "demo-20260102T030405.000Z-ffffffff-sqlite.zst.age");
+        assert_eq!(b, "demo-20261102T030405.000Z-00000000-etcd.zst");
         assert!(a < b);
+        let twin = backup_name("demo", early, 1, SourceKind::Sqlite, true);
+        assert_ne!(a, twin, "two writers in one millisecond");
     }
 }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub snapshots_stored: IntGauge,
     pub skipped_runs: IntCounter,
     pub schedule_interval: Gauge,
+    pub standby: IntGauge,
 }
 
 impl Metrics {
@@ -120,6 +121,11 @@ impl Metrics {
         for collector in collectors {
             registry.register(collector)?;
         }
+        let standby = IntGauge::new(
+            "vcbackup_standby",
+            "1 while this agent stands by because another replica's agent backs up (--ha).",
+        )?;
+        registry.register(Box::new(standby.clone()))?;
         Ok(Metrics {
             registry,
             backups,
@@ -134,6 +140,7 @@ impl Metrics {
             snapshots_stored,
             skipped_runs,
             schedule_interval,
+            standby,
         })
     }
 

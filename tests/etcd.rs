@@ -4,6 +4,8 @@
 //! a restarted etcd; consistency under concurrent writes; the errors a user
 //! meets. Tools missing make the tests fail: run the setup.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -772,4 +774,154 @@ fn auto_detection_reports_what_it_chose_and_where_it_looked() {
         stderr.contains("server/db/state.db: not an SQLite database"),
         "{stderr}"
     );
+}
+
+/// A cluster of `n` members on loopback, as HA embedded etcd runs one member
+/// per control-plane replica; each member's endpoint stands for "its" pod.
+fn start_cluster(dir: &Path, n: usize) -> Vec<Etcd> {
+    let members: Vec<(String, u16, u16)> = (0..n)
+        .map(|i| (format!("m{i}"), free_port(), free_port()))
+        .collect();
+    let initial_cluster = members
+        .iter()
+        .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cluster: Vec<Etcd> = members
+        .iter()
+        .map(|(name, client, peer)| {
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = dir.join(format!("{name}.log"));
+            let child = Command::new(tool("etcd"))
+                .args(["--name", name, "--data-dir"])
+                .arg(dir.join(name))
+                .args(["--listen-client-urls", &endpoint])
+                .args(["--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial_cluster])
+                .args(["--initial-cluster-state", "new"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start etcd: {e}; {SETUP}"));
+            Etcd {
+                child,
+                endpoint,
+                tls: None,
+                _log: log,
+            }
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for member in &cluster {
+        while !run(member.etcdctl().args(["endpoint", "health"]))
+            .status
+            .success()
+        {
+            assert!(Instant::now() < deadline, "the etcd cluster did not form");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    cluster
+}
+
+/// `(member ID, leader ID)` of one member, in hex as the manifest records them.
+fn member_and_leader(etcd: &Etcd) -> (String, String) {
+    let json = ok(etcd.etcdctl().args(["endpoint", "status", "-w", "json"]));
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let status = &value[0]["Status"];
+    let hex = |v: &serde_json::Value| format!("{:x}", v.as_u64().unwrap());
+    (hex(&status["header"]["member_id"]), hex(&status["leader"]))
+}
+
+#[test]
+fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
+    let dir = TempDir::new().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    put_pods(&cluster[0], 5);
+    let dest = dir.path().join("backups");
+    // One agent per replica, each beside its own member, all under one name and
+    // schedule, as helm-values/embedded-etcd.yaml deploys them.
+    let agents: Vec<(std::process::Child, u16)> = cluster
+        .iter()
+        .map(|member| {
+            let port = free_port();
+            let child = vcbackup()
+                .args(["run", "--name", "demo", "--no-encryption"])
+                .args(["--source", &member.endpoint])
+                .arg("--destination")
+                .arg(format!("file://{}", dest.display()))
+                .args(["--schedule", "@every 1s", "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            (child, port)
+        })
+        .collect();
+    let status = |port: u16| -> Option<serde_json::Value> {
+        let (_, body) = common::http_get(port, "/status")?;
+        serde_json::from_str(&body).ok()
+    };
+    // Every agent has decided, and the leader's agent has backed up a few slots.
+    common::wait_for("three backups", Duration::from_secs(60), || {
+        let decided = agents.iter().all(|(_, port)| {
+            status(*port).is_some_and(|s| !s["standby"].is_null() || !s["last_success"].is_null())
+        });
+        let backups = std::fs::read_dir(dest.join("demo"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (decided && backups >= 6).then_some(())
+    });
+    let statuses: Vec<serde_json::Value> = agents
+        .iter()
+        .map(|(_, port)| status(*port).unwrap())
+        .collect();
+    let metrics: Vec<String> = agents
+        .iter()
+        .map(|(_, port)| common::http_get(*port, "/metrics").unwrap().1)
+        .collect();
+    for (mut child, _) in agents {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    let ids: Vec<(String, String)> = cluster.iter().map(member_and_leader).collect();
+    let leader = &ids[0].1;
+    let leader_index = ids.iter().position(|(member, _)| member == leader).unwrap();
+    for (i, status) in statuses.iter().enumerate() {
+        let standby = common::metric(&metrics[i], "vcbackup_standby").unwrap();
+        if i == leader_index {
+            assert!(status["standby"].is_null(), "leader's agent: {status}");
+            assert_eq!(standby, 0.0);
+        } else {
+            let why = status["standby"].as_str().unwrap_or_default();
+            assert!(why.contains("follower") && why.contains(leader), "{status}");
+            assert_eq!(standby, 1.0);
+            // Standing by is not a failure, and freshness follows the leader's backups.
+            assert!(status["last_failure"].is_null(), "{status}");
+            assert!(
+                common::metric(&metrics[i], "vcbackup_last_success_timestamp_seconds").unwrap()
+                    > 0.0
+            );
+        }
+    }
+    // Every stored backup is a snapshot of the leader's member, one per slot.
+    let manifests: Vec<serde_json::Value> = std::fs::read_dir(dest.join("demo"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    assert!(manifests.len() >= 3, "{manifests:?}");
+    for manifest in &manifests {
+        assert_eq!(
+            manifest["etcd"]["member_id"].as_str(),
+            Some(leader.as_str())
+        );
+    }
 }

@@ -731,3 +731,143 @@ fn a_full_destination_fails_cleanly() {
         files_in(&mount.join("demo"))
     );
 }
+
+#[test]
+fn a_relative_file_destination_is_refused_and_nothing_is_written_at_the_root() {
+    let s = setup(64 << 10);
+    let dir = format!("vcbackup-relative-{}", std::process::id());
+    for spelling in [
+        format!("file:{dir}"),
+        format!("file:/{dir}"),
+        format!("file://{dir}"),
+    ] {
+        let mut cmd = s.backup();
+        let err = error_line(&fails(cmd.args(["--destination", &spelling])));
+        assert!(
+            err.contains(&format!("invalid destination {spelling:?}")) && err.contains("file:///"),
+            "{err}"
+        );
+        let at_root = Path::new("/").join(&dir);
+        let leaked = at_root.exists();
+        let _ = std::fs::remove_dir_all(&at_root);
+        assert!(!leaked, "{spelling} wrote to {}", at_root.display());
+    }
+}
+
+/// The binary under `umask`, as a pod's runtime may set it.
+fn with_umask(umask: &str, cmd: &Command) -> Command {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(format!("umask {umask}; exec \"$@\""))
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => shell.env(key, value),
+            None => shell.env_remove(key),
+        };
+    }
+    shell
+}
+
+#[test]
+fn every_object_and_manifest_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(64 << 10);
+    for umask in ["000", "022"] {
+        let mut plain = s.backup();
+        plain.args(["--no-encryption"]);
+        let plain: Vec<String> = plain
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .filter(|a| a != "--recipient" && a != &s.keys.recipient)
+            .collect();
+        let mut cmd = vcbackup();
+        cmd.args(&plain);
+        ok(&mut with_umask(umask, &cmd));
+        ok(&mut with_umask(umask, &s.backup()));
+    }
+    let files = files_in(&s.backup_dir());
+    assert_eq!(files.len(), 8, "{files:?}");
+    for name in files {
+        let mode = std::fs::metadata(s.backup_dir().join(&name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}: {:o}", mode & 0o777);
+    }
+    let dir_mode = std::fs::metadata(s.backup_dir())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        dir_mode & 0o077,
+        0,
+        "backup directory is {:o}",
+        dir_mode & 0o777
+    );
+}
+
+#[test]
+fn partial_files_of_killed_backups_are_swept_once_old_and_live_ones_kept() {
+    let s = setup(48 << 20);
+    // A backup killed mid-write (SIGKILL, as the OOM killer sends) leaves its partial file.
+    let mut child = s
+        .backup()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = wait_for("a partial file", Duration::from_secs(30), || {
+        files_in(&s.backup_dir())
+            .into_iter()
+            .find(|n| n.starts_with(".partial-"))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(files_in(&s.backup_dir()).contains(&partial));
+
+    // A partial file still being written (fresh) is never touched; an old one goes.
+    let live = s.backup_dir().join(".partial-demo-live.zst.age.1.0");
+    std::fs::write(&live, b"being written").unwrap();
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(s.backup_dir().join(&partial))
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    let name = take_backup(&s);
+    let files = files_in(&s.backup_dir());
+    assert!(!files.contains(&partial), "{files:?}");
+    assert!(
+        files.contains(&".partial-demo-live.zst.age.1.0".to_string()),
+        "{files:?}"
+    );
+    assert!(files.contains(&name), "{files:?}");
+
+    // prune sweeps with its own limit; the backup itself is kept.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pruned = String::from_utf8(
+        ok(vcbackup().args([
+            "prune",
+            "--name",
+            "demo",
+            "--destination",
+            &s.dest,
+            "--abort-uploads-after",
+            "1s",
+        ]))
+        .stdout,
+    )
+    .unwrap();
+    assert!(pruned.contains("aborted 1 unfinished upload"), "{pruned}");
+    let files = files_in(&s.backup_dir());
+    assert!(
+        !files.iter().any(|n| n.starts_with(".partial-")),
+        "{files:?}"
+    );
+    assert!(files.contains(&name), "{files:?}");
+}

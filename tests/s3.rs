@@ -658,3 +658,104 @@ fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
         "age | zstd and vcbackup restore differ"
     );
 }
+
+impl Fixture {
+    /// `agents` backups into `destination` under one name, started together as
+    /// HA replicas on one schedule are. Returns the names they printed.
+    fn backups_at_once(&self, destination: &str, agents: usize) -> Vec<String> {
+        let args = [
+            "backup",
+            "--source",
+            &self.source,
+            "--destination",
+            destination,
+            "--name",
+            "demo",
+            "--recipient",
+            &self.recipient,
+        ];
+        let barrier = std::sync::Barrier::new(agents);
+        let outputs: Vec<std::process::Output> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..agents)
+                .map(|_| {
+                    let mut command = self.scene.command(&args);
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        command.output().unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        outputs
+            .into_iter()
+            .map(|out| {
+                assert!(
+                    out.status.success(),
+                    "an agent failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout).unwrap().trim().to_string()
+            })
+            .collect()
+    }
+
+    /// Rounds of 2 and 3 agents at once: every agent's backup is kept under its
+    /// own name, listed, and restores.
+    fn assert_no_backup_lost(&self, destination: &str) {
+        let mut printed = Vec::new();
+        for agents in [2, 3, 3] {
+            printed.extend(self.backups_at_once(destination, agents));
+        }
+        let mut distinct = printed.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            printed.len(),
+            "two agents printed one name: {printed:?}"
+        );
+        let mut listed = self.list(destination);
+        listed.sort();
+        assert_eq!(listed, distinct);
+        for name in &listed {
+            self.assert_restores(destination, name);
+        }
+    }
+}
+
+#[test]
+fn concurrent_agents_under_one_name_never_lose_a_backup_on_s3s_fs() {
+    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    // One of the two sizes is multipart (CompleteMultipartUpload), the other a single PUT.
+    for db in [MULTIPART_DB, 64 << 10] {
+        let mut f = fixture(db);
+        f.scene.static_keys(ACCESS_KEY, SECRET);
+        let dest = destination(&server.endpoint(), "");
+        let dest = dest.replace(
+            "team/prod",
+            &format!("team/{}", random_text(6).to_lowercase()),
+        );
+        f.assert_no_backup_lost(&dest);
+    }
+    assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
+}
+
+#[test]
+fn concurrent_agents_under_one_name_never_lose_a_backup_on_moto() {
+    let moto = Moto::start();
+    let client = s3_client(&moto.endpoint(), &moto.access_key, &moto.secret);
+    rt().block_on(client.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    for db in [MULTIPART_DB, 64 << 10] {
+        let mut f = fixture(db);
+        f.scene.static_keys(&moto.access_key, &moto.secret);
+        let dest = destination(&moto.endpoint(), "");
+        let dest = dest.replace(
+            "team/prod",
+            &format!("team/{}", random_text(6).to_lowercase()),
+        );
+        f.assert_no_backup_lost(&dest);
+    }
+}

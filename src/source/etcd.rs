@@ -55,13 +55,15 @@ pub struct EtcdSource {
     endpoint: String,
     client: Client,
     runtime: Handle,
+    /// Stand by unless the member reached is the leader (`--ha`).
+    leader_only: bool,
 }
 
 impl EtcdSource {
     /// Connects and asks for the member's status, so that an unreachable
     /// endpoint or a TLS problem fails before a backup starts. Must run on a
     /// blocking thread of the runtime.
-    pub fn open(endpoint: &str, options: &EtcdOptions) -> Result<Self> {
+    pub fn open(endpoint: &str, options: &EtcdOptions, leader_only: bool) -> Result<Self> {
         let runtime = Handle::try_current().context("etcd source: no async runtime")?;
         let tls = if endpoint.starts_with("https://") {
             Some(load_tls(
@@ -83,6 +85,7 @@ impl EtcdSource {
             endpoint: endpoint.to_string(),
             client,
             runtime: runtime.clone(),
+            leader_only,
         };
         let status = runtime.block_on(source.status())?;
         tracing::info!(
@@ -105,6 +108,7 @@ impl EtcdSource {
             revision: header.map_or(0, |h| h.revision()),
             cluster_id: format!("{:x}", header.map_or(0, |h| h.cluster_id())),
             member_id: format!("{:x}", header.map_or(0, |h| h.member_id())),
+            leader_id: format!("{:x}", status.leader()),
             server_version: status.version().to_string(),
         })
     }
@@ -114,6 +118,8 @@ struct Status {
     revision: i64,
     cluster_id: String,
     member_id: String,
+    /// `0` while the cluster has no leader (an election is under way).
+    leader_id: String,
     server_version: String,
 }
 
@@ -124,6 +130,28 @@ impl Source for EtcdSource {
 
     fn describe(&self) -> String {
         self.endpoint.clone()
+    }
+
+    fn standby(&mut self) -> Result<Option<String>> {
+        if !self.leader_only {
+            return Ok(None);
+        }
+        let runtime = self.runtime.clone();
+        let status = runtime.block_on(self.status())?;
+        if status.leader_id == status.member_id {
+            return Ok(None);
+        }
+        Ok(Some(if status.leader_id == "0" {
+            format!(
+                "etcd member {} at {} sees no leader (an election is under way); the leader's agent backs up",
+                status.member_id, self.endpoint
+            )
+        } else {
+            format!(
+                "etcd member {} at {} is a follower; the agent beside leader {} backs up",
+                status.member_id, self.endpoint, status.leader_id
+            )
+        }))
     }
 
     /// Runs on a blocking thread. Only the etcd calls are driven with

@@ -34,6 +34,24 @@ pub trait Source: Send {
     /// Writes one consistent snapshot to `out`. Runs on a blocking thread;
     /// must never write to or block the live store.
     fn snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts>;
+
+    /// Why another replica's agent takes this slot's backup, or `None` when
+    /// this agent should. Runs on a blocking thread.
+    fn standby(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// `--ha`: which agents back up when the control plane runs several replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HaMode {
+    /// `leader` for the pod's own embedded etcd member (a loopback endpoint),
+    /// `every-replica` for any other source.
+    Auto,
+    /// Back up only while the etcd member this agent reaches is the leader.
+    Leader,
+    /// Every agent backs up (names never collide, so each replica's backups are kept).
+    EveryReplica,
 }
 
 /// A parsed `--source`.
@@ -80,6 +98,7 @@ pub struct SourceConfig {
     /// The control plane's data volume: where `auto` looks and the etcd certificates are.
     pub data_dir: PathBuf,
     pub etcd: EtcdOptions,
+    pub ha: HaMode,
 }
 
 impl SourceConfig {
@@ -98,10 +117,44 @@ impl SourceConfig {
             spec => spec.clone(),
         };
         match &spec {
-            SourceSpec::Sqlite(path) => Ok(Box::new(SqliteSource::open(path)?)),
-            SourceSpec::Etcd(endpoint) => Ok(Box::new(EtcdSource::open(endpoint, &self.etcd)?)),
+            SourceSpec::Sqlite(path) => {
+                if self.ha == HaMode::Leader {
+                    anyhow::bail!(
+                        "--ha leader needs an etcd source, but the source is kine's SQLite database {}; use --ha auto",
+                        path.display()
+                    );
+                }
+                Ok(Box::new(SqliteSource::open(path)?))
+            }
+            SourceSpec::Etcd(endpoint) => {
+                // Each replica's agent reaches its own embedded member over loopback,
+                // so exactly one of them talks to the leader.
+                let leader_only = match self.ha {
+                    HaMode::Leader => true,
+                    HaMode::EveryReplica => false,
+                    HaMode::Auto => is_loopback(endpoint),
+                };
+                Ok(Box::new(EtcdSource::open(
+                    endpoint,
+                    &self.etcd,
+                    leader_only,
+                )?))
+            }
             SourceSpec::Auto => anyhow::bail!("source detection returned no source"),
         }
+    }
+}
+
+/// Whether an etcd endpoint is this pod's own member: 127.0.0.0/8, ::1 or localhost.
+fn is_loopback(endpoint: &str) -> bool {
+    match url::Url::parse(endpoint)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
     }
 }
 
@@ -137,5 +190,14 @@ mod tests {
         assert!(SourceSpec::parse("").is_err());
         assert!(SourceSpec::parse("unix:///data/kine.sock").is_err());
         assert!(SourceSpec::parse("https://host:2379/v3").is_err());
+    }
+
+    #[test]
+    fn only_the_pods_own_member_counts_as_embedded() {
+        assert!(is_loopback("https://127.0.0.1:2379"));
+        assert!(is_loopback("https://localhost:2379"));
+        assert!(is_loopback("http://[::1]:2379"));
+        assert!(!is_loopback("https://demo-etcd:2379"));
+        assert!(!is_loopback("https://10.0.0.7:2379"));
     }
 }

@@ -1,16 +1,22 @@
 //! A directory on a local or mounted filesystem: `file:///DIR`.
 
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::io::AsyncWriteExt;
 
-use super::{Body, ObjectInfo, ObjectNotFound, ObjectReader, Storage};
+use super::{Body, ObjectExists, ObjectInfo, ObjectNotFound, ObjectReader, Storage};
 
 /// Objects being written carry this prefix until they are complete; listing skips them.
 const PARTIAL_PREFIX: &str = ".partial-";
+/// Backups hold the whole control plane's state, secrets included: owner only,
+/// whatever the umask (which can only remove bits, never add them back).
+const OBJECT_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
 
 pub struct LocalStorage {
     dir: PathBuf,
@@ -33,9 +39,14 @@ impl LocalStorage {
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(OBJECT_MODE)
             .open(partial)
             .await
             .with_context(|| format!("create {}", partial.display()))?;
+        // A umask such as 0277 would leave 0400; set the mode exactly.
+        file.set_permissions(std::fs::Permissions::from_mode(OBJECT_MODE))
+            .await
+            .with_context(|| format!("set the mode of {}", partial.display()))?;
         while let Some(chunk) = body.next().await? {
             file.write_all(&chunk)
                 .await
@@ -56,21 +67,36 @@ impl Storage for LocalStorage {
 
     async fn put(&self, key: &str, body: Body) -> Result<()> {
         let target = self.path(key)?;
-        tokio::fs::create_dir_all(&self.dir)
-            .await
-            .with_context(|| format!("create directory {}", self.dir.display()))?;
-        let partial = self
-            .dir
-            .join(format!("{PARTIAL_PREFIX}{key}.{}", std::process::id()));
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(&dir)
+                .with_context(|| format!("create directory {}", dir.display()))
+        })
+        .await??;
+        // Unique per writer, also across hosts sharing one volume (same pid elsewhere).
+        let partial = self.dir.join(format!(
+            "{PARTIAL_PREFIX}{key}.{}.{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         // Removes the partial file even when this future is dropped mid-way (shutdown).
         let _cleanup = RemoveOnDrop(&partial);
         let written = self.write_partial(&partial, body).await;
         // A hard link publishes the complete file under its name and, unlike
         // rename, fails rather than replace an existing backup.
         let published = match written {
-            Ok(()) => tokio::fs::hard_link(&partial, &target)
-                .await
-                .with_context(|| format!("publish {}", target.display())),
+            Ok(()) => match tokio::fs::hard_link(&partial, &target).await {
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                    Err(anyhow::Error::new(ObjectExists {
+                        key: key.to_string(),
+                        location: self.location(),
+                    }))
+                }
+                linked => linked.with_context(|| format!("publish {}", target.display())),
+            },
             Err(err) => Err(err),
         };
         published?;
@@ -132,6 +158,50 @@ impl Storage for LocalStorage {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(err).with_context(|| format!("delete {}", path.display())),
         }
+    }
+
+    /// Removes `.partial-*` files last written before `cutoff`: what a killed
+    /// agent (SIGKILL, OOM) left. A live writer touches its file with every
+    /// chunk, so a partial file as old as the cutoff has no writer left.
+    async fn abort_stale_uploads(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        let mut entries = match tokio::fs::read_dir(&self.dir).await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(err).with_context(|| format!("list {}", self.dir.display())),
+        };
+        let mut removed = 0;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .with_context(|| format!("list {}", self.dir.display()))?
+        {
+            let is_partial = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(PARTIAL_PREFIX));
+            if !is_partial {
+                continue;
+            }
+            let path = entry.path();
+            let modified = match entry.metadata().await.and_then(|m| m.modified()) {
+                Ok(modified) => DateTime::<Utc>::from(modified),
+                // Published or swept by another agent meanwhile.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err).with_context(|| format!("stat {}", path.display())),
+            };
+            if modified >= cutoff {
+                continue;
+            }
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed a partial backup left by a killed agent");
+                    removed += 1;
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err).with_context(|| format!("remove {}", path.display())),
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -38,6 +38,7 @@ pub trait Storage: Send + Sync {
 
     /// Stores `body` under `key`. Readers see the key only once the whole body has
     /// arrived and is durable; a body that ends early leaves nothing behind.
+    /// Never replaces an existing object: fails with [`ObjectExists`] instead.
     async fn put(&self, key: &str, body: Body) -> Result<()>;
 
     /// Reads an object back; fails with [`ObjectNotFound`] if it does not exist.
@@ -49,9 +50,9 @@ pub trait Storage: Send + Sync {
     /// Removes an object; removing one that is already gone is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
 
-    /// Cleans up uploads a killed agent left unfinished (S3 multipart uploads)
-    /// that started before `cutoff`; returns how many. Backends that publish
-    /// atomically have nothing to clean.
+    /// Cleans up uploads a killed agent left unfinished (S3 multipart uploads,
+    /// `.partial-*` files in a directory) that started before `cutoff`;
+    /// returns how many.
     async fn abort_stale_uploads(&self, cutoff: DateTime<Utc>) -> Result<usize> {
         let _ = cutoff;
         Ok(0)
@@ -66,6 +67,15 @@ pub struct ObjectNotFound {
     pub location: String,
 }
 
+/// Another writer already stored an object under this key; it was left as it is.
+/// Writes never replace an object: two agents under one name cannot lose a backup.
+#[derive(Debug, thiserror::Error)]
+#[error("an object named {key} already exists in {location}; it was not overwritten")]
+pub struct ObjectExists {
+    pub key: String,
+    pub location: String,
+}
+
 /// A parsed `--destination`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -75,6 +85,17 @@ pub enum Destination {
 
 impl Destination {
     pub fn parse(text: &str) -> Result<Self> {
+        // URL normalisation reads `file:relbk` as `/relbk`: a relative path
+        // silently moved to the filesystem root. Only the absolute spellings pass.
+        if text
+            .get(..5)
+            .is_some_and(|s| s.eq_ignore_ascii_case("file:"))
+            && !(text[5..].starts_with("///") || text[5..].starts_with("//localhost/"))
+        {
+            bail!(
+                "invalid destination {text:?}: expected file:///absolute/dir (three slashes, an absolute path)"
+            );
+        }
         let url = url::Url::parse(text).with_context(|| {
             format!("invalid destination {text:?}: expected file:///DIR or s3://BUCKET/PREFIX")
         })?;
@@ -160,6 +181,11 @@ mod tests {
             "file://host/x",
             "ftp://x/y",
             "file:///x?a=b",
+            "file:relbk",
+            "file:/relbk",
+            "file://relative/dir",
+            "file:relative/dir",
+            "FILE:relbk",
         ] {
             let err = Destination::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");

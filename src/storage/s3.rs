@@ -9,6 +9,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -28,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 
-use super::{Body, ObjectInfo, ObjectNotFound, ObjectReader, Storage};
+use super::{Body, ObjectExists, ObjectInfo, ObjectNotFound, ObjectReader, Storage};
 
 const MIB: usize = 1 << 20;
 /// 8 MiB keeps a 1 GiB backup under 64 MiB of memory (scripts/bench) and
@@ -296,6 +297,8 @@ pub struct S3Storage {
     dir: String,
     /// Whether uploads carry a CRC32 of every part.
     checksums: bool,
+    /// Whether writes carry `If-None-Match: *`; off once the server says it lacks them.
+    conditional_writes: AtomicBool,
 }
 
 impl S3Storage {
@@ -374,6 +377,7 @@ impl S3Storage {
             }),
             dir,
             checksums: policy == ChecksumPolicy::WhenSupported,
+            conditional_writes: AtomicBool::new(true),
         })
     }
 
@@ -460,26 +464,69 @@ impl S3Storage {
     }
 
     async fn put_single(&self, key: &str, data: Bytes) -> Result<()> {
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.options.bucket)
-            .key(key)
-            .content_length(data.len() as i64)
-            .body(ByteStream::from(data));
-        if self.checksums {
-            request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
+        loop {
+            let conditional = self.conditional_writes.load(Ordering::Relaxed);
+            let mut request = self
+                .client
+                .put_object()
+                .bucket(&self.options.bucket)
+                .key(key)
+                .content_length(data.len() as i64)
+                .body(ByteStream::from(data.clone()));
+            if conditional {
+                request = request.if_none_match("*");
+            }
+            if self.checksums {
+                request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
+            }
+            if let Some(sse) = self.options.sse {
+                request = request
+                    .server_side_encryption(sse_header(sse))
+                    .set_ssekms_key_id(self.options.kms_key_id.clone());
+            }
+            match request.send().await {
+                Ok(_) => return Ok(()),
+                Err(err) if conditional && self.lacks_conditional_writes(&err) => continue,
+                Err(err) => return Err(self.put_error(key, &err)),
+            }
         }
-        if let Some(sse) = self.options.sse {
-            request = request
-                .server_side_encryption(sse_header(sse))
-                .set_ssekms_key_id(self.options.kms_key_id.clone());
+    }
+
+    /// Whether `err` says the server does not support `If-None-Match`; if so,
+    /// says it once and turns conditional writes off for this storage. Object
+    /// names carry a random part, so unconditional writes still do not collide.
+    fn lacks_conditional_writes<E: ProvideErrorMetadata>(
+        &self,
+        err: &SdkError<E, HttpResponse>,
+    ) -> bool {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let unsupported = err.code() == Some("NotImplemented") || status == Some(501);
+        if unsupported && self.conditional_writes.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                destination = %self.location(),
+                "the server does not support conditional writes (If-None-Match); writing \
+                 without them. Backup names carry a random part, so agents still cannot \
+                 overwrite each other's backups"
+            );
         }
-        request
-            .send()
-            .await
-            .map_err(|e| anyhow!(explain(&self.place, Action::Put, &e)))?;
-        Ok(())
+        unsupported
+    }
+
+    /// A failed PUT or CompleteMultipartUpload in words, with a refused
+    /// overwrite as [`ObjectExists`].
+    fn put_error<E>(&self, key: &str, err: &SdkError<E, HttpResponse>) -> anyhow::Error
+    where
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        if err.code() == Some("PreconditionFailed") || status == Some(412) {
+            return ObjectExists {
+                key: key.strip_prefix(&self.dir).unwrap_or(key).to_string(),
+                location: self.location(),
+            }
+            .into();
+        }
+        anyhow!(explain(&self.place, Action::Put, err))
     }
 
     async fn put_multipart(
@@ -519,22 +566,7 @@ impl S3Storage {
             armed: true,
         };
         let completed = match self.upload_parts(key, &upload_id, first, carry, body).await {
-            Ok(parts) => self
-                .client
-                .complete_multipart_upload()
-                .bucket(&self.options.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map(drop)
-                .map_err(|e| anyhow!(explain(&self.place, Action::Put, &e)))
-                .context("complete multipart upload"),
+            Ok(parts) => self.complete(key, &upload_id, parts).await,
             Err(err) => Err(err),
         };
         guard.armed = false;
@@ -567,6 +599,33 @@ impl S3Storage {
                     "{err:#}; aborting the upload failed too: {why} (a lifecycle rule \
                      AbortIncompleteMultipartUpload on the bucket removes it)"
                 ))
+            }
+        }
+    }
+
+    /// Publishes the uploaded parts as the object, unless one exists already.
+    async fn complete(&self, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<()> {
+        let parts = CompletedMultipartUpload::builder()
+            .set_parts(Some(parts))
+            .build();
+        loop {
+            let conditional = self.conditional_writes.load(Ordering::Relaxed);
+            let mut request = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.options.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .multipart_upload(parts.clone());
+            if conditional {
+                request = request.if_none_match("*");
+            }
+            match request.send().await {
+                Ok(_) => return Ok(()),
+                Err(err) if conditional && self.lacks_conditional_writes(&err) => continue,
+                Err(err) => {
+                    return Err(self.put_error(key, &err)).context("complete multipart upload");
+                }
             }
         }
     }
@@ -1091,8 +1150,83 @@ mod tests {
     async fn s3s_fs_storage() -> (S3Storage, tempfile::TempDir) {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("bucket")).unwrap();
-        let mut service =
-            s3s::service::S3ServiceBuilder::new(s3s_fs::FileSystem::new(root.path()).unwrap());
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        (storage_on(fs).await, root)
+    }
+
+    /// s3s-fs as a server that predates conditional writes and says so:
+    /// `If-None-Match` gets 501 NotImplemented, everything else is served.
+    struct WithoutConditionalWrites(s3s_fs::FileSystem);
+
+    #[async_trait]
+    impl s3s::S3 for WithoutConditionalWrites {
+        async fn put_object(
+            &self,
+            req: s3s::S3Request<s3s::dto::PutObjectInput>,
+        ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+            if req.input.if_none_match.is_some() {
+                return Err(s3s::s3_error!(NotImplemented));
+            }
+            self.0.put_object(req).await
+        }
+        async fn complete_multipart_upload(
+            &self,
+            req: s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
+        ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CompleteMultipartUploadOutput>> {
+            if req.input.if_none_match.is_some() {
+                return Err(s3s::s3_error!(NotImplemented));
+            }
+            self.0.complete_multipart_upload(req).await
+        }
+        async fn create_multipart_upload(
+            &self,
+            req: s3s::S3Request<s3s::dto::CreateMultipartUploadInput>,
+        ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateMultipartUploadOutput>> {
+            self.0.create_multipart_upload(req).await
+        }
+        async fn upload_part(
+            &self,
+            req: s3s::S3Request<s3s::dto::UploadPartInput>,
+        ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartOutput>> {
+            self.0.upload_part(req).await
+        }
+        async fn list_objects_v2(
+            &self,
+            req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+        ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+            self.0.list_objects_v2(req).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_without_conditional_writes_is_written_to_without_them() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("bucket")).unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let storage = storage_on(WithoutConditionalWrites(fs)).await;
+        storage.put("small", body_of(1000, 1)).await.unwrap();
+        assert!(!storage.conditional_writes.load(Ordering::Relaxed));
+        storage.put("large", body_of(11 * MIB, 1)).await.unwrap();
+        let mut keys: Vec<_> = storage
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                ("large".to_string(), 11 * MIB as u64),
+                ("small".to_string(), 1000)
+            ]
+        );
+    }
+
+    /// An S3Storage on `s3`, served in process with SigV4 checked.
+    async fn storage_on(s3: impl s3s::S3) -> S3Storage {
+        let mut service = s3s::service::S3ServiceBuilder::new(s3);
         service.set_auth(s3s::auth::SimpleAuth::from_single("AKIDTEST", "secret"));
         let service = service.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1122,7 +1256,7 @@ mod tests {
                 "AKIDTEST", "secret", None, None, "test",
             ))
             .build();
-        let storage = S3Storage {
+        S3Storage {
             client: Client::from_conf(config),
             place: Arc::new(Place {
                 bucket: options.bucket.clone(),
@@ -1132,8 +1266,8 @@ mod tests {
             options,
             dir: "p/demo/".into(),
             checksums: true,
-        };
-        (storage, root)
+            conditional_writes: AtomicBool::new(true),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1163,6 +1297,46 @@ mod tests {
         assert!(err.downcast_ref::<ObjectNotFound>().is_some(), "{err:#}");
         storage.delete("m.json").await.unwrap();
         storage.delete("m.json").await.unwrap();
+    }
+
+    /// A body of `len` bytes of `byte`, as the pipeline hands it to storage.
+    fn body_of(len: usize, byte: u8) -> Body {
+        let (mut writer, body) = body_channel(MIB, 4);
+        tokio::task::spawn_blocking(move || {
+            writer.write_all(&vec![byte; len])?;
+            writer.finish()
+        });
+        body
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_writer_of_a_name_fails_and_leaves_the_first_object() {
+        use tokio::io::AsyncReadExt;
+        let (storage, root) = s3s_fs_storage().await;
+        // A single PUT (under one part) and a multipart upload (11 MiB in 5 MiB parts).
+        for (key, len) in [("small.zst.age", 1000), ("large.zst.age", 11 * MIB)] {
+            storage.put(key, body_of(len, 1)).await.unwrap();
+            let err = storage.put(key, body_of(len, 2)).await.unwrap_err();
+            assert!(err.is::<ObjectExists>(), "{key}: {err:#}");
+            assert!(format!("{err:#}").contains("not overwritten"), "{err:#}");
+            let mut stored = Vec::new();
+            storage
+                .get(key)
+                .await
+                .unwrap()
+                .read_to_end(&mut stored)
+                .await
+                .unwrap();
+            assert_eq!(stored.len(), len);
+            assert!(stored.iter().all(|b| *b == 1), "{key} was overwritten");
+        }
+        // The refused multipart upload was aborted, not left to bill.
+        let leftovers: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".upload"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[tokio::test]
