@@ -662,8 +662,8 @@ fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
 impl Fixture {
     /// `agents` backups into `destination` under one name, started together as
     /// HA replicas on one schedule are. Returns the names they printed.
-    fn backups_at_once(&self, destination: &str, agents: usize) -> Vec<String> {
-        let args = [
+    fn backups_at_once(&self, destination: &str, agents: usize, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
             "backup",
             "--source",
             &self.source,
@@ -674,6 +674,7 @@ impl Fixture {
             "--recipient",
             &self.recipient,
         ];
+        args.extend_from_slice(extra);
         let barrier = std::sync::Barrier::new(agents);
         let outputs: Vec<std::process::Output> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..agents)
@@ -703,10 +704,10 @@ impl Fixture {
 
     /// Rounds of 2 and 3 agents at once: every agent's backup is kept under its
     /// own name, listed, and restores.
-    fn assert_no_backup_lost(&self, destination: &str) {
+    fn assert_no_backup_lost(&self, destination: &str, extra: &[&str]) {
         let mut printed = Vec::new();
         for agents in [2, 3, 3] {
-            printed.extend(self.backups_at_once(destination, agents));
+            printed.extend(self.backups_at_once(destination, agents, extra));
         }
         let mut distinct = printed.clone();
         distinct.sort();
@@ -737,7 +738,7 @@ fn concurrent_agents_under_one_name_never_lose_a_backup_on_s3s_fs() {
             "team/prod",
             &format!("team/{}", random_text(6).to_lowercase()),
         );
-        f.assert_no_backup_lost(&dest);
+        f.assert_no_backup_lost(&dest, &[]);
     }
     assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
 }
@@ -756,6 +757,9 @@ fn concurrent_agents_under_one_name_never_lose_a_backup_on_moto() {
             "team/prod",
             &format!("team/{}", random_text(6).to_lowercase()),
         );
-        f.assert_no_backup_lost(&dest);
+        // moto reports every multipart upload as initiated in 2010, so each
+        // agent's sweep after its backup would abort the others' live uploads;
+        // S3 reports the real time. Sweeping is tested on its own elsewhere.
+        f.assert_no_backup_lost(&dest, &["--abort-uploads-after", "100years"]);
     }
 }
