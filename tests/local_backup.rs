@@ -731,3 +731,64 @@ fn a_full_destination_fails_cleanly() {
         files_in(&mount.join("demo"))
     );
 }
+
+#[test]
+fn a_damaged_identity_file_is_called_that_naming_the_line_not_the_key() {
+    let s = setup(256 << 10);
+    let name = take_backup(&s);
+    let key = std::fs::read_to_string(&s.keys.identity).unwrap();
+    let key = key.trim();
+    // One character changed in the middle of the key, as a bad copy and paste does.
+    let mut damaged: Vec<char> = key.chars().collect();
+    let middle = damaged.len() / 2;
+    damaged[middle] = if damaged[middle] == 'Q' { 'P' } else { 'Q' };
+    let damaged: String = damaged.into_iter().collect();
+    let identity = s.dir.path().join("damaged.txt");
+    std::fs::write(
+        &identity,
+        format!(
+            "# created: today\n# public key: {}\n{damaged}\n",
+            s.keys.recipient
+        ),
+    )
+    .unwrap();
+    let err = error_line(&fails(
+        vcbackup()
+            .arg("decrypt")
+            .arg(s.stored_object(&name))
+            .arg("-i")
+            .arg(&identity)
+            .arg("-o")
+            .arg(s.dir.path().join("out.db")),
+    ));
+    assert!(
+        err.contains("damaged.txt")
+            && err.contains("not a valid identity")
+            && err.contains("line 3"),
+        "{err}"
+    );
+    assert!(!err.contains("plugin"), "{err}");
+    assert!(!err.contains(&damaged[20..]), "the key was echoed: {err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn an_identity_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(256 << 10);
+    take_backup(&s);
+    let shown = s.keys.identity.display().to_string();
+    for (mode, warned) in [(0o644, true), (0o640, true), (0o600, false), (0o400, false)] {
+        std::fs::set_permissions(&s.keys.identity, std::fs::Permissions::from_mode(mode)).unwrap();
+        let to = s.dir.path().join(format!("restored-{mode:o}.db"));
+        let out = ok(&mut s.restore(&to));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let warning: Vec<&str> = stderr.lines().filter(|l| l.contains("chmod 600")).collect();
+        if warned {
+            assert_eq!(warning.len(), 1, "mode {mode:o}: {stderr}");
+            assert!(warning[0].contains(&shown), "{stderr}");
+        } else {
+            assert!(warning.is_empty(), "mode {mode:o}: {stderr}");
+        }
+    }
+}
