@@ -37,17 +37,23 @@ pub async fn restore(
     options: &RestoreOptions,
 ) -> Result<Restored> {
     let target = &options.to;
-    if target.exists() {
-        if options.if_missing {
+    match occupant(target, "restore to")? {
+        Occupant::Nothing => {}
+        Occupant::File if options.if_missing => {
             tracing::info!(target = %target.display(), "restore target exists; nothing to do (--if-missing)");
             return Ok(Restored::Kept);
         }
-        if !options.force {
-            bail!(
-                "restore to {}: the file exists; pass --force to replace it, or --if-missing to keep it",
-                target.display()
-            );
-        }
+        Occupant::File if !options.force => bail!(
+            "restore to {}: the file exists; pass --force to replace it, or --if-missing to keep it",
+            target.display()
+        ),
+        // Not the database, so --if-missing does not keep it; only --force replaces the link.
+        Occupant::DanglingLink(points_to) if !options.force => bail!(
+            "restore to {}: a symlink to {}, which does not exist; pass --force to replace the link",
+            target.display(),
+            points_to.display()
+        ),
+        Occupant::File | Occupant::DanglingLink(_) => {}
     }
     let backups = catalog::list_backups(storage).await?;
     let manifest = catalog::select(&backups, selector, &storage.location())?.clone();
@@ -99,6 +105,21 @@ pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Resu
             "no manifest beside {what}: relying on age authentication and the zstd checksum"
         );
     }
+    if let Some(target) = &options.output {
+        match occupant(target, "write")? {
+            Occupant::Nothing => {}
+            _ if options.force => {}
+            Occupant::File => bail!(
+                "write {}: the file exists; pass --force to replace it",
+                target.display()
+            ),
+            Occupant::DanglingLink(points_to) => bail!(
+                "write {}: a symlink to {}, which does not exist; pass --force to replace the link",
+                target.display(),
+                points_to.display()
+            ),
+        }
+    }
     let input: Box<dyn Read + Send> = match &options.input {
         Some(path) => Box::new(
             std::fs::File::open(path).with_context(|| format!("open backup {}", path.display()))?,
@@ -108,12 +129,6 @@ pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Resu
     let plaintext = unseal(input, identities.as_ref(), &what)?;
     match &options.output {
         Some(target) => {
-            if target.exists() && !options.force {
-                bail!(
-                    "write {}: the file exists; pass --force to replace it",
-                    target.display()
-                );
-            }
             let size = manifest.as_ref().map(|m| m.size);
             let (temp, fingerprint) = decode_beside(target, plaintext, &what, size)?;
             if let Some(manifest) = &manifest {
@@ -137,6 +152,27 @@ pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Resu
             }
             Ok(())
         }
+    }
+}
+
+/// What is at a target path now.
+enum Occupant {
+    Nothing,
+    /// A file, directory or a symlink to one.
+    File,
+    /// A symlink to nothing: `Path::exists` follows links and calls this free,
+    /// and the final no-clobber rename then failed after all the work.
+    DanglingLink(PathBuf),
+}
+
+fn occupant(target: &Path, verb: &str) -> Result<Occupant> {
+    match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.file_type().is_symlink() && !target.exists() => Ok(
+            Occupant::DanglingLink(std::fs::read_link(target).unwrap_or_default()),
+        ),
+        Ok(_) => Ok(Occupant::File),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Occupant::Nothing),
+        Err(err) => Err(err).with_context(|| format!("{verb} {}", target.display())),
     }
 }
 

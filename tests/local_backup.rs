@@ -792,3 +792,42 @@ fn an_identity_file_others_can_read_is_warned_about() {
         }
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn restore_and_decrypt_onto_a_dangling_symlink_fail_first_naming_force() {
+    let s = setup(256 << 10);
+    let name = take_backup(&s);
+    let to = s.dir.path().join("link.db");
+    std::os::unix::fs::symlink(s.dir.path().join("gone/state.db"), &to).unwrap();
+    let err = error_line(&fails(&mut s.restore(&to)));
+    assert!(
+        err.contains("link.db") && err.contains("symlink") && err.contains("--force"),
+        "{err}"
+    );
+    // --if-missing does not keep a link to nothing: there is no database to keep.
+    let err = error_line(&fails(s.restore(&to).arg("--if-missing")));
+    assert!(err.contains("--force"), "{err}");
+    let err = error_line(&fails(
+        vcbackup()
+            .arg("decrypt")
+            .arg(s.stored_object(&name))
+            .arg("-i")
+            .arg(&s.keys.identity)
+            .arg("-o")
+            .arg(&to),
+    ));
+    assert!(err.contains("link.db") && err.contains("--force"), "{err}");
+    assert!(to.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(
+        files_in(s.dir.path())
+            .iter()
+            .filter(|f| f.contains(".vcbackup-"))
+            .count(),
+        0
+    );
+    // --force replaces the link itself, not a file at its end.
+    ok(s.restore(&to).args(["--force", "--bump-revision", "0"]));
+    assert!(to.symlink_metadata().unwrap().file_type().is_file());
+    assert_eq!(sha256(&to), sha256(&s.db));
+}
