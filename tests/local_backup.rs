@@ -627,7 +627,10 @@ fn wrong_identities_unknown_names_and_damaged_backups_replace_nothing() {
     let original = std::fs::read(&object).unwrap();
     std::fs::write(&object, &original[..original.len() - 4096]).unwrap();
     let err = error_line(&fails(s.restore(&to).arg("--force")));
-    assert!(err.contains("truncated or corrupt"), "{err}");
+    assert!(
+        err.contains(&name) && err.contains("truncated") && err.contains("its manifest"),
+        "{err}"
+    );
     let mut tampered = original.clone();
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x40;
@@ -830,4 +833,87 @@ fn restore_and_decrypt_onto_a_dangling_symlink_fail_first_naming_force() {
     ok(s.restore(&to).args(["--force", "--bump-revision", "0"]));
     assert!(to.symlink_metadata().unwrap().file_type().is_file());
     assert_eq!(sha256(&to), sha256(&s.db));
+}
+
+/// Appends to, then swaps, stored objects: the stored SHA-256 in the manifest
+/// catches both, by name, and nothing is replaced.
+#[test]
+fn restore_and_decrypt_check_the_stored_digest() {
+    for encrypted in [false, true] {
+        let s = setup(256 << 10);
+        let backup = |s: &Setup| {
+            let mut cmd = s.backup();
+            if !encrypted {
+                cmd = vcbackup();
+                cmd.args(["backup", "--name", "demo", "--no-encryption"])
+                    .args(["--destination", &s.dest])
+                    .arg("--source")
+                    .arg(&s.db);
+            }
+            String::from_utf8(ok(&mut cmd).stdout)
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let first = backup(&s);
+        Connection::open(&s.db)
+            .unwrap()
+            .execute("DELETE FROM kine WHERE id % 2 = 0", [])
+            .unwrap();
+        let second = backup(&s);
+        let (first_object, second_object) = (s.stored_object(&first), s.stored_object(&second));
+        let original = std::fs::read(&first_object).unwrap();
+        let to = s.dir.path().join("target.db");
+        std::fs::write(&to, b"precious").unwrap();
+        let restore = |name: &str| {
+            let mut cmd = s.restore(&to);
+            cmd.args(["--force", name]);
+            error_line(&fails(&mut cmd))
+        };
+        let decrypt = |object: &Path| {
+            error_line(&fails(
+                vcbackup()
+                    .arg("decrypt")
+                    .arg(object)
+                    .arg("-i")
+                    .arg(&s.keys.identity)
+                    .arg("-o")
+                    .arg(s.dir.path().join("decrypted.db")),
+            ))
+        };
+        let mismatch = |err: &str, what: &str| {
+            assert!(
+                err.contains(what) && err.contains("stored object does not match its manifest"),
+                "encrypted={encrypted}: {err}"
+            );
+        };
+
+        // Bytes appended after a complete object: the decoder stops before them.
+        let mut appended = original.clone();
+        appended.extend_from_slice(b"appended after the end");
+        std::fs::write(&first_object, &appended).unwrap();
+        mismatch(&restore(&first), &first);
+        mismatch(&decrypt(&first_object), &first_object.display().to_string());
+
+        // Another backup of the same cluster under this one's name.
+        std::fs::copy(&second_object, &first_object).unwrap();
+        mismatch(&restore(&first), &first);
+        mismatch(&decrypt(&first_object), &first_object.display().to_string());
+
+        assert_eq!(std::fs::read(&to).unwrap(), b"precious");
+        assert!(!s.dir.path().join("decrypted.db").exists());
+
+        // Without a manifest beside it, decrypt has nothing to check the bytes against.
+        let alone = s.dir.path().join("alone.zst");
+        std::fs::write(&alone, &original).unwrap();
+        ok(vcbackup()
+            .arg("decrypt")
+            .arg(&alone)
+            .arg("-i")
+            .arg(&s.keys.identity)
+            .arg("-o")
+            .arg(s.dir.path().join("alone.db")));
+        std::fs::write(&first_object, &original).unwrap();
+        ok(s.restore(&to).args(["--force", &first]));
+    }
 }
