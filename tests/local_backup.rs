@@ -917,3 +917,43 @@ fn restore_and_decrypt_check_the_stored_digest() {
         ok(s.restore(&to).args(["--force", &first]));
     }
 }
+
+/// A corrupt source fails the backup, and the files SQLite made beside it
+/// (a read-only connection still creates -wal and -shm) are gone again; so
+/// after a successful backup of a database nobody has open.
+#[test]
+fn a_backup_leaves_no_new_file_beside_the_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = file_url(&tmp.path().join("backups"));
+    let source_dir = tmp.path().join("data");
+    std::fs::create_dir(&source_dir).unwrap();
+    let db = source_dir.join("state.db");
+    small_kine_db(&db, 256 << 10);
+    assert_eq!(files_in(&source_dir), ["state.db"]);
+    let backup = || {
+        let mut cmd = vcbackup();
+        cmd.args([
+            "backup",
+            "--name",
+            "demo",
+            "--no-encryption",
+            "--destination",
+            &dest,
+        ])
+        .arg("--source")
+        .arg(&db);
+        cmd
+    };
+    ok(&mut backup());
+    assert_eq!(files_in(&source_dir), ["state.db"]);
+
+    // Garbage after the 100-byte header: still WAL mode, but page 1 is unreadable.
+    let mut data = std::fs::read(&db).unwrap();
+    for (i, byte) in data.iter_mut().enumerate().skip(100) {
+        *byte = (i * 7 + 13) as u8;
+    }
+    std::fs::write(&db, &data).unwrap();
+    let err = error_line(&fails(&mut backup()));
+    assert!(err.contains(&*db.display().to_string()), "{err}");
+    assert_eq!(files_in(&source_dir), ["state.db"]);
+}
