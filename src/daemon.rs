@@ -31,6 +31,7 @@ const WAKE: Duration = Duration::from_secs(15);
 /// `/livez` fails once the loop has been silent this long.
 const STALLED_AFTER: Duration = Duration::from_secs(90);
 const RECENT_BACKUPS: usize = 10;
+const RECENT_FAILURES: usize = 10;
 
 /// Everything `run` needs, checked before anything starts.
 pub struct DaemonConfig {
@@ -70,7 +71,17 @@ pub struct Status {
     pub next_run: Option<DateTime<Utc>>,
     pub last_success: Option<Success>,
     pub last_failure: Option<Failure>,
+    /// Newest first, at most `RECENT_FAILURES`: a flapping destination shows as a pattern.
+    pub recent_failures: Vec<Failure>,
     pub recent_backups: Vec<RecentBackup>,
+}
+
+impl Status {
+    fn add_failure(&mut self, failure: Failure) {
+        self.recent_failures.insert(0, failure.clone());
+        self.recent_failures.truncate(RECENT_FAILURES);
+        self.last_failure = Some(failure);
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -163,6 +174,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         next_run: None,
         last_success: None,
         last_failure: None,
+        recent_failures: Vec::new(),
         recent_backups: Vec::new(),
     })?);
     let storage: Arc<dyn Storage> = Arc::from(config.destination.open(&config.vcluster).await?);
@@ -501,7 +513,7 @@ impl Scheduler<'_> {
             .with_label_values(&[stage.as_str()])
             .inc();
         self.state.update(|s| {
-            s.last_failure = Some(Failure {
+            s.add_failure(Failure {
                 time: Utc::now(),
                 stage: stage.as_str(),
                 message,

@@ -116,8 +116,13 @@ impl Metrics {
             Box::new(skipped_runs.clone()),
             Box::new(schedule_interval.clone()),
             Box::new(build_info),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
+        #[cfg(target_os = "linux")]
+        let collectors = {
+            let mut collectors = collectors;
+            collectors.push(Box::new(process::ProcessCollector::new()?));
+            collectors
+        };
         for collector in collectors {
             registry.register(collector)?;
         }
@@ -150,5 +155,249 @@ impl Metrics {
         let mut out = Vec::new();
         encoder.encode(&self.registry.gather(), &mut out)?;
         Ok((encoder.format_type().to_string(), out))
+    }
+}
+
+/// The standard `process_*` metrics, read from /proc at each scrape.
+/// prometheus' own collector divides CPU ticks by CLK_TCK in integers (0.26 s
+/// of CPU showed as 0) and truncates the start time to whole seconds.
+#[cfg(target_os = "linux")]
+mod process {
+    use std::sync::Mutex;
+
+    use anyhow::Result;
+    use procfs::process::{LimitValue, Process};
+    use prometheus::core::{Collector, Desc};
+    use prometheus::proto::MetricFamily;
+    use prometheus::{Counter, Gauge, IntGauge};
+
+    pub struct ProcessCollector {
+        descs: Vec<Desc>,
+        cpu: Counter,
+        open_fds: IntGauge,
+        max_fds: IntGauge,
+        virtual_memory: IntGauge,
+        resident_memory: IntGauge,
+        start_time: Gauge,
+        threads: IntGauge,
+        /// The CPU counter moves by the difference to /proc: two scrapes at once must not both add it.
+        collecting: Mutex<()>,
+    }
+
+    impl ProcessCollector {
+        pub fn new() -> Result<Self> {
+            let cpu = Counter::new(
+                "process_cpu_seconds_total",
+                "Total user and system CPU time spent in seconds.",
+            )?;
+            let open_fds = IntGauge::new("process_open_fds", "Number of open file descriptors.")?;
+            let max_fds = IntGauge::new(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+            )?;
+            let virtual_memory = IntGauge::new(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            )?;
+            let resident_memory = IntGauge::new(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            )?;
+            let start_time = Gauge::new(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+            )?;
+            let threads = IntGauge::new("process_threads", "Number of OS threads in the process.")?;
+            // Fixed for the process's life: read once. Without /proc it stays 0, like the rest.
+            if let (Ok(stat), Ok(boot)) = (
+                Process::myself().and_then(|p| p.stat()),
+                procfs::boot_time_secs(),
+            ) {
+                start_time.set(boot as f64 + ticks_to_seconds(stat.starttime));
+            }
+            let mut descs = Vec::new();
+            for collector in [
+                &cpu as &dyn Collector,
+                &open_fds,
+                &max_fds,
+                &virtual_memory,
+                &resident_memory,
+                &start_time,
+                &threads,
+            ] {
+                descs.extend(collector.desc().into_iter().cloned());
+            }
+            Ok(ProcessCollector {
+                descs,
+                cpu,
+                open_fds,
+                max_fds,
+                virtual_memory,
+                resident_memory,
+                start_time,
+                threads,
+                collecting: Mutex::new(()),
+            })
+        }
+    }
+
+    fn ticks_to_seconds(ticks: u64) -> f64 {
+        ticks as f64 / procfs::ticks_per_second() as f64
+    }
+
+    impl Collector for ProcessCollector {
+        fn desc(&self) -> Vec<&Desc> {
+            self.descs.iter().collect()
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let _collecting = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+            // A scrape never fails for a missing /proc file: that metric keeps its last value.
+            if let Ok(me) = Process::myself() {
+                if let Ok(stat) = me.stat() {
+                    let cpu = ticks_to_seconds(stat.utime + stat.stime);
+                    let delta = cpu - self.cpu.get();
+                    if delta > 0.0 {
+                        self.cpu.inc_by(delta);
+                    }
+                    self.virtual_memory
+                        .set(i64::try_from(stat.vsize).unwrap_or(i64::MAX));
+                    self.resident_memory.set(
+                        i64::try_from(stat.rss.saturating_mul(procfs::page_size()))
+                            .unwrap_or(i64::MAX),
+                    );
+                    self.threads.set(stat.num_threads);
+                }
+                if let Ok(count) = me.fd_count() {
+                    self.open_fds.set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+                if let Ok(limits) = me.limits() {
+                    self.max_fds.set(match limits.max_open_files.soft_limit {
+                        LimitValue::Value(max) => i64::try_from(max).unwrap_or(i64::MAX),
+                        LimitValue::Unlimited => i64::MAX,
+                    });
+                }
+            }
+            let mut families = Vec::with_capacity(7);
+            for collector in [
+                &self.cpu as &dyn Collector,
+                &self.open_fds,
+                &self.max_fds,
+                &self.virtual_memory,
+                &self.resident_memory,
+                &self.start_time,
+                &self.threads,
+            ] {
+                families.extend(collector.collect());
+            }
+            families
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn sample(metrics: &Metrics, name: &str) -> f64 {
+        let (_, body) = metrics.render().unwrap();
+        let text = String::from_utf8(body).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Fields of /proc/self/stat after the command name, numbered as in proc(5).
+    fn proc_stat(field: usize) -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name
+            .split(' ')
+            .nth(field - 3)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn clk_tck() -> u64 {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn cpu_ticks() -> u64 {
+        proc_stat(14) + proc_stat(15)
+    }
+
+    #[test]
+    fn process_cpu_seconds_match_proc_to_the_tick() {
+        let metrics = Metrics::new().unwrap();
+        let tck = clk_tck();
+        let mut spin = 0u64;
+        for _ in 0..1000 {
+            // Burn CPU until /proc shows a fraction of a second, then scrape.
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(30) {
+                spin = std::hint::black_box(spin.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let before = cpu_ticks();
+            if before.is_multiple_of(tck) {
+                continue;
+            }
+            let value = sample(&metrics, "process_cpu_seconds_total");
+            let after = cpu_ticks();
+            if before / tck != after / tck {
+                continue; // crossed a whole second in between: try again
+            }
+            // Other test threads burn CPU too: /proc before and after bound the scrape.
+            let (low, high) = (before as f64 / tck as f64, after as f64 / tck as f64);
+            assert!(
+                low <= value && value <= high,
+                "process_cpu_seconds_total {value}, /proc says {low} to {high}"
+            );
+            assert_ne!(value.fract(), 0.0, "truncated to whole seconds");
+            return;
+        }
+        panic!("never saw a fractional CPU time");
+    }
+
+    #[test]
+    fn process_start_time_and_limits_match_proc() {
+        let metrics = Metrics::new().unwrap();
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let boot: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let start = boot as f64 + proc_stat(22) as f64 / clk_tck() as f64;
+        assert_eq!(sample(&metrics, "process_start_time_seconds"), start);
+
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let max_open: f64 = limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(sample(&metrics, "process_max_fds"), max_open);
+        assert!(sample(&metrics, "process_open_fds") >= 3.0);
+        assert!(sample(&metrics, "process_threads") >= 1.0);
+        let resident = sample(&metrics, "process_resident_memory_bytes");
+        assert!(resident > 1e6, "resident memory {resident}");
+        assert!(sample(&metrics, "process_virtual_memory_bytes") > resident);
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::catalog::{self, Selector};
 use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
-use crate::pipeline::{Fingerprint, Hashing, Identities, unseal};
+use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, unseal};
 use crate::storage::Storage;
 
 pub struct RestoreOptions {
@@ -37,17 +37,23 @@ pub async fn restore(
     options: &RestoreOptions,
 ) -> Result<Restored> {
     let target = &options.to;
-    if target.exists() {
-        if options.if_missing {
+    match occupant(target, "restore to")? {
+        Occupant::Nothing => {}
+        Occupant::File if options.if_missing => {
             tracing::info!(target = %target.display(), "restore target exists; nothing to do (--if-missing)");
             return Ok(Restored::Kept);
         }
-        if !options.force {
-            bail!(
-                "restore to {}: the file exists; pass --force to replace it, or --if-missing to keep it",
-                target.display()
-            );
-        }
+        Occupant::File if !options.force => bail!(
+            "restore to {}: the file exists; pass --force to replace it, or --if-missing to keep it",
+            target.display()
+        ),
+        // Not the database, so --if-missing does not keep it; only --force replaces the link.
+        Occupant::DanglingLink(points_to) if !options.force => bail!(
+            "restore to {}: a symlink to {}, which does not exist; pass --force to replace the link",
+            target.display(),
+            points_to.display()
+        ),
+        Occupant::File | Occupant::DanglingLink(_) => {}
     }
     let backups = catalog::list_backups(storage).await?;
     let manifest = catalog::select(&backups, selector, &storage.location())?.clone();
@@ -59,9 +65,13 @@ pub async fn restore(
     let bump = options.bump_revision;
     let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest> {
         let what = manifest.name.clone();
-        let input = SyncIoBridge::new(reader);
-        let plaintext = unseal(input, identities.as_ref(), &what)?;
-        let (temp, fingerprint) = decode_beside(&target, plaintext, &what, Some(manifest.size))?;
+        let mut input = CheckStored::new(SyncIoBridge::new(reader), stored(&manifest), &what);
+        // A wrong key fails here, before reading the object: no need to drain it.
+        let plaintext = unseal(&mut input, identities.as_ref(), &what)?;
+        let decoded = decode_beside(&target, plaintext, &what, Some(manifest.size));
+        // A damaged or swapped object is named as such, rather than what decoding made of it.
+        input.finish()?;
+        let (temp, fingerprint) = decoded?;
         verify_fingerprint(&fingerprint, &manifest, &what)?;
         match manifest.kind {
             SourceKind::Sqlite => prepare_sqlite(temp.path(), bump, &what)?,
@@ -99,44 +109,105 @@ pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Resu
             "no manifest beside {what}: relying on age authentication and the zstd checksum"
         );
     }
+    if let Some(target) = &options.output {
+        match occupant(target, "write")? {
+            Occupant::Nothing => {}
+            _ if options.force => {}
+            Occupant::File => bail!(
+                "write {}: the file exists; pass --force to replace it",
+                target.display()
+            ),
+            Occupant::DanglingLink(points_to) => bail!(
+                "write {}: a symlink to {}, which does not exist; pass --force to replace the link",
+                target.display(),
+                points_to.display()
+            ),
+        }
+    } else if io::stdout().is_terminal() {
+        bail!("refusing to write a database to a terminal; pass -o FILE or redirect the output");
+    }
     let input: Box<dyn Read + Send> = match &options.input {
         Some(path) => Box::new(
             std::fs::File::open(path).with_context(|| format!("open backup {}", path.display()))?,
         ),
         None => Box::new(io::stdin()),
     };
-    let plaintext = unseal(input, identities.as_ref(), &what)?;
-    match &options.output {
+    // Without a manifest there is nothing to check the stored bytes against.
+    let mut input = match &manifest {
+        Some(manifest) => {
+            Stored::Checked(Box::new(CheckStored::new(input, stored(manifest), &what)))
+        }
+        None => Stored::Unchecked(input),
+    };
+    let plaintext = unseal(&mut input, identities.as_ref(), &what)?;
+    let decoded = match &options.output {
         Some(target) => {
-            if target.exists() && !options.force {
-                bail!(
-                    "write {}: the file exists; pass --force to replace it",
-                    target.display()
-                );
-            }
             let size = manifest.as_ref().map(|m| m.size);
-            let (temp, fingerprint) = decode_beside(target, plaintext, &what, size)?;
-            if let Some(manifest) = &manifest {
-                verify_fingerprint(&fingerprint, manifest, &what)?;
-            }
-            install(temp, target, options.force)
+            decode_beside(target, plaintext, &what, size).map(|(temp, f)| (Some(temp), f))
         }
-        None => {
-            let stdout = io::stdout();
-            if stdout.is_terminal() {
-                bail!(
-                    "refusing to write a database to a terminal; pass -o FILE or redirect the output"
-                );
-            }
-            let mut out = Hashing::new(stdout.lock());
-            copy(plaintext, &mut out, &what)?;
-            out.flush().context("write standard output")?;
-            let (fingerprint, _) = out.finish();
-            if let Some(manifest) = &manifest {
-                verify_fingerprint(&fingerprint, manifest, &what)?;
-            }
-            Ok(())
+        None => write_stdout(plaintext, &what).map(|f| (None, f)),
+    };
+    if let Stored::Checked(input) = input {
+        input.finish()?;
+    }
+    let (temp, fingerprint) = decoded?;
+    if let Some(manifest) = &manifest {
+        verify_fingerprint(&fingerprint, manifest, &what)?;
+    }
+    match (temp, &options.output) {
+        (Some(temp), Some(target)) => install(temp, target, options.force),
+        _ => Ok(()),
+    }
+}
+
+fn write_stdout(plaintext: impl Read, what: &str) -> Result<Fingerprint> {
+    let mut out = Hashing::new(io::stdout().lock());
+    copy(plaintext, &mut out, what)?;
+    out.flush().context("write standard output")?;
+    Ok(out.finish().0)
+}
+
+/// A decrypt input, checked when a manifest lies beside it.
+enum Stored<R> {
+    Checked(Box<CheckStored<R>>),
+    Unchecked(R),
+}
+
+impl<R: Read> Read for Stored<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stored::Checked(input) => input.read(buf),
+            Stored::Unchecked(input) => input.read(buf),
         }
+    }
+}
+
+/// What the manifest says storage holds.
+fn stored(manifest: &Manifest) -> Fingerprint {
+    Fingerprint {
+        size: manifest.stored_size,
+        sha256: manifest.stored_sha256.clone(),
+    }
+}
+
+/// What is at a target path now.
+enum Occupant {
+    Nothing,
+    /// A file, directory or a symlink to one.
+    File,
+    /// A symlink to nothing: `Path::exists` follows links and calls this free,
+    /// and the final no-clobber rename then failed after all the work.
+    DanglingLink(PathBuf),
+}
+
+fn occupant(target: &Path, verb: &str) -> Result<Occupant> {
+    match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.file_type().is_symlink() && !target.exists() => Ok(
+            Occupant::DanglingLink(std::fs::read_link(target).unwrap_or_default()),
+        ),
+        Ok(_) => Ok(Occupant::File),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Occupant::Nothing),
+        Err(err) => Err(err).with_context(|| format!("{verb} {}", target.display())),
     }
 }
 

@@ -242,6 +242,24 @@ fn a_failing_destination_counts_failures_but_stays_ready() {
             .contains("not-a-dir"),
         "{json}"
     );
+
+    // The last few failures, newest first and bounded, show a flapping destination.
+    wait_for("eleven storage failures", Duration::from_secs(60), || {
+        (daemon.metric("vcbackup_backup_failures_total{stage=\"storage\"}") >= 11.0).then_some(())
+    });
+    let json: serde_json::Value = serde_json::from_str(&daemon.get("/status").1).unwrap();
+    let recent = json["recent_failures"].as_array().expect("recent_failures");
+    assert_eq!(recent.len(), 10, "{json}");
+    assert_eq!(recent[0], json["last_failure"], "{json}");
+    let times: Vec<_> = recent
+        .iter()
+        .map(|f| chrono::DateTime::parse_from_rfc3339(f["time"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {times:?}"
+    );
+    assert!(recent.iter().all(|f| f["stage"] == "storage"), "{json}");
 }
 
 #[test]

@@ -627,7 +627,10 @@ fn wrong_identities_unknown_names_and_damaged_backups_replace_nothing() {
     let original = std::fs::read(&object).unwrap();
     std::fs::write(&object, &original[..original.len() - 4096]).unwrap();
     let err = error_line(&fails(s.restore(&to).arg("--force")));
-    assert!(err.contains("truncated or corrupt"), "{err}");
+    assert!(
+        err.contains(&name) && err.contains("truncated") && err.contains("its manifest"),
+        "{err}"
+    );
     let mut tampered = original.clone();
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x40;
@@ -874,4 +877,227 @@ fn partial_files_of_killed_backups_are_swept_once_old_and_live_ones_kept() {
         "{files:?}"
     );
     assert!(files.contains(&name), "{files:?}");
+}
+
+#[test]
+fn a_damaged_identity_file_is_called_that_naming_the_line_not_the_key() {
+    let s = setup(256 << 10);
+    let name = take_backup(&s);
+    let key = std::fs::read_to_string(&s.keys.identity).unwrap();
+    let key = key.trim();
+    // One character changed in the middle of the key, as a bad copy and paste does.
+    let mut damaged: Vec<char> = key.chars().collect();
+    let middle = damaged.len() / 2;
+    damaged[middle] = if damaged[middle] == 'Q' { 'P' } else { 'Q' };
+    let damaged: String = damaged.into_iter().collect();
+    let identity = s.dir.path().join("damaged.txt");
+    std::fs::write(
+        &identity,
+        format!(
+            "# created: today\n# public key: {}\n{damaged}\n",
+            s.keys.recipient
+        ),
+    )
+    .unwrap();
+    let err = error_line(&fails(
+        vcbackup()
+            .arg("decrypt")
+            .arg(s.stored_object(&name))
+            .arg("-i")
+            .arg(&identity)
+            .arg("-o")
+            .arg(s.dir.path().join("out.db")),
+    ));
+    assert!(
+        err.contains("damaged.txt")
+            && err.contains("not a valid identity")
+            && err.contains("line 3"),
+        "{err}"
+    );
+    assert!(!err.contains("plugin"), "{err}");
+    assert!(!err.contains(&damaged[20..]), "the key was echoed: {err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn an_identity_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(256 << 10);
+    take_backup(&s);
+    let shown = s.keys.identity.display().to_string();
+    for (mode, warned) in [(0o644, true), (0o640, true), (0o600, false), (0o400, false)] {
+        std::fs::set_permissions(&s.keys.identity, std::fs::Permissions::from_mode(mode)).unwrap();
+        let to = s.dir.path().join(format!("restored-{mode:o}.db"));
+        let out = ok(&mut s.restore(&to));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let warning: Vec<&str> = stderr.lines().filter(|l| l.contains("chmod 600")).collect();
+        if warned {
+            assert_eq!(warning.len(), 1, "mode {mode:o}: {stderr}");
+            assert!(warning[0].contains(&shown), "{stderr}");
+        } else {
+            assert!(warning.is_empty(), "mode {mode:o}: {stderr}");
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn restore_and_decrypt_onto_a_dangling_symlink_fail_first_naming_force() {
+    let s = setup(256 << 10);
+    let name = take_backup(&s);
+    let to = s.dir.path().join("link.db");
+    std::os::unix::fs::symlink(s.dir.path().join("gone/state.db"), &to).unwrap();
+    let err = error_line(&fails(&mut s.restore(&to)));
+    assert!(
+        err.contains("link.db") && err.contains("symlink") && err.contains("--force"),
+        "{err}"
+    );
+    // --if-missing does not keep a link to nothing: there is no database to keep.
+    let err = error_line(&fails(s.restore(&to).arg("--if-missing")));
+    assert!(err.contains("--force"), "{err}");
+    let err = error_line(&fails(
+        vcbackup()
+            .arg("decrypt")
+            .arg(s.stored_object(&name))
+            .arg("-i")
+            .arg(&s.keys.identity)
+            .arg("-o")
+            .arg(&to),
+    ));
+    assert!(err.contains("link.db") && err.contains("--force"), "{err}");
+    assert!(to.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(
+        files_in(s.dir.path())
+            .iter()
+            .filter(|f| f.contains(".vcbackup-"))
+            .count(),
+        0
+    );
+    // --force replaces the link itself, not a file at its end.
+    ok(s.restore(&to).args(["--force", "--bump-revision", "0"]));
+    assert!(to.symlink_metadata().unwrap().file_type().is_file());
+    assert_eq!(sha256(&to), sha256(&s.db));
+}
+
+/// Appends to, then swaps, stored objects: the stored SHA-256 in the manifest
+/// catches both, by name, and nothing is replaced.
+#[test]
+fn restore_and_decrypt_check_the_stored_digest() {
+    for encrypted in [false, true] {
+        let s = setup(256 << 10);
+        let backup = |s: &Setup| {
+            let mut cmd = s.backup();
+            if !encrypted {
+                cmd = vcbackup();
+                cmd.args(["backup", "--name", "demo", "--no-encryption"])
+                    .args(["--destination", &s.dest])
+                    .arg("--source")
+                    .arg(&s.db);
+            }
+            String::from_utf8(ok(&mut cmd).stdout)
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let first = backup(&s);
+        Connection::open(&s.db)
+            .unwrap()
+            .execute("DELETE FROM kine WHERE id % 2 = 0", [])
+            .unwrap();
+        let second = backup(&s);
+        let (first_object, second_object) = (s.stored_object(&first), s.stored_object(&second));
+        let original = std::fs::read(&first_object).unwrap();
+        let to = s.dir.path().join("target.db");
+        std::fs::write(&to, b"precious").unwrap();
+        let restore = |name: &str| {
+            let mut cmd = s.restore(&to);
+            cmd.args(["--force", name]);
+            error_line(&fails(&mut cmd))
+        };
+        let decrypt = |object: &Path| {
+            error_line(&fails(
+                vcbackup()
+                    .arg("decrypt")
+                    .arg(object)
+                    .arg("-i")
+                    .arg(&s.keys.identity)
+                    .arg("-o")
+                    .arg(s.dir.path().join("decrypted.db")),
+            ))
+        };
+        let mismatch = |err: &str, what: &str| {
+            assert!(
+                err.contains(what) && err.contains("stored object does not match its manifest"),
+                "encrypted={encrypted}: {err}"
+            );
+        };
+
+        // Bytes appended after a complete object: the decoder stops before them.
+        let mut appended = original.clone();
+        appended.extend_from_slice(b"appended after the end");
+        std::fs::write(&first_object, &appended).unwrap();
+        mismatch(&restore(&first), &first);
+        mismatch(&decrypt(&first_object), &first_object.display().to_string());
+
+        // Another backup of the same cluster under this one's name.
+        std::fs::copy(&second_object, &first_object).unwrap();
+        mismatch(&restore(&first), &first);
+        mismatch(&decrypt(&first_object), &first_object.display().to_string());
+
+        assert_eq!(std::fs::read(&to).unwrap(), b"precious");
+        assert!(!s.dir.path().join("decrypted.db").exists());
+
+        // Without a manifest beside it, decrypt has nothing to check the bytes against.
+        let alone = s.dir.path().join("alone.zst");
+        std::fs::write(&alone, &original).unwrap();
+        ok(vcbackup()
+            .arg("decrypt")
+            .arg(&alone)
+            .arg("-i")
+            .arg(&s.keys.identity)
+            .arg("-o")
+            .arg(s.dir.path().join("alone.db")));
+        std::fs::write(&first_object, &original).unwrap();
+        ok(s.restore(&to).args(["--force", &first]));
+    }
+}
+
+/// A corrupt source fails the backup, and the files SQLite made beside it
+/// (a read-only connection still creates -wal and -shm) are gone again; so
+/// after a successful backup of a database nobody has open.
+#[test]
+fn a_backup_leaves_no_new_file_beside_the_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = file_url(&tmp.path().join("backups"));
+    let source_dir = tmp.path().join("data");
+    std::fs::create_dir(&source_dir).unwrap();
+    let db = source_dir.join("state.db");
+    small_kine_db(&db, 256 << 10);
+    assert_eq!(files_in(&source_dir), ["state.db"]);
+    let backup = || {
+        let mut cmd = vcbackup();
+        cmd.args([
+            "backup",
+            "--name",
+            "demo",
+            "--no-encryption",
+            "--destination",
+            &dest,
+        ])
+        .arg("--source")
+        .arg(&db);
+        cmd
+    };
+    ok(&mut backup());
+    assert_eq!(files_in(&source_dir), ["state.db"]);
+
+    // Garbage after the 100-byte header: still WAL mode, but page 1 is unreadable.
+    let mut data = std::fs::read(&db).unwrap();
+    for (i, byte) in data.iter_mut().enumerate().skip(100) {
+        *byte = (i * 7 + 13) as u8;
+    }
+    std::fs::write(&db, &data).unwrap();
+    let err = error_line(&fails(&mut backup()));
+    assert!(err.contains(&*db.display().to_string()), "{err}");
+    assert_eq!(files_in(&source_dir), ["state.db"]);
 }

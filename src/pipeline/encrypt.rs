@@ -119,6 +119,7 @@ impl Identities {
     pub fn load(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
         let data = std::fs::read(path).with_context(|| format!("read identity {shown}"))?;
+        warn_if_others_can_read(path, &shown);
         let keys = if data.starts_with(b"-----BEGIN OPENSSH PRIVATE KEY-----")
             || data.starts_with(b"-----BEGIN RSA PRIVATE KEY-----")
         {
@@ -163,13 +164,32 @@ fn load_ssh_identity(data: &[u8], shown: &str) -> Result<Box<dyn age::Identity +
     }
 }
 
+/// Like ssh, says when a private key is open to other users; a warning, not
+/// an error, since restores often run from a copied or mounted file.
+#[cfg(unix)]
+fn warn_if_others_can_read(path: &Path, shown: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "identity {shown} is accessible by other users (mode {mode:04o}): it holds a private key; run chmod 600 {shown}"
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_others_can_read(_: &Path, _: &str) {}
+
 /// An age identity file: `AGE-SECRET-KEY-1…` lines and `#` comments.
 fn load_age_identities(
     data: &[u8],
     shown: &str,
 ) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>> {
-    let text = std::str::from_utf8(data).map_err(|_| {
-        anyhow!("read identity {shown}: not an age identity file (AGE-SECRET-KEY-1…) or an OpenSSH private key")
+    let text = std::str::from_utf8(data).map_err(|err| {
+        let line = data[..err.valid_up_to()].split(|&b| b == b'\n').count();
+        anyhow!("read identity {shown}: not a valid identity file: line {line} is not text; expected an age identity file (AGE-SECRET-KEY-1…) or an OpenSSH private key")
     })?;
     let mut keys: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -179,10 +199,17 @@ fn load_age_identities(
         }
         // Never echo the line: it may be a secret key with a typo.
         let key = age::x25519::Identity::from_str(line).map_err(|_| {
-            anyhow!(
-                "read identity {shown}: line {} is not an age secret key (AGE-SECRET-KEY-1…); age plugin identities are not supported",
-                n + 1
-            )
+            if line.starts_with("AGE-PLUGIN-") {
+                anyhow!(
+                    "read identity {shown}: line {} is an age plugin identity, which vcbackup does not support; give an age X25519 identity (AGE-SECRET-KEY-1…)",
+                    n + 1
+                )
+            } else {
+                anyhow!(
+                    "read identity {shown}: not a valid identity file: line {} is not an age secret key (AGE-SECRET-KEY-1…, from age-keygen); is the file damaged?",
+                    n + 1
+                )
+            }
         })?;
         keys.push(Box::new(key));
     }

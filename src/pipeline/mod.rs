@@ -67,6 +67,77 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Checks stored bytes against the manifest while they stream into the
+/// decoder: a damaged, truncated or swapped object fails by name, and never
+/// more than the recorded size is read. `finish` reads to the end and gives
+/// the verdict, which explains a decoding error better than the decoder can.
+pub struct CheckStored<R> {
+    inner: Hashing<R>,
+    expected: Fingerprint,
+    what: String,
+    /// The mismatch, once seen: reported by `finish` whatever the decoder made of it.
+    mismatch: Option<String>,
+    at_end: bool,
+}
+
+impl<R: Read> CheckStored<R> {
+    pub fn new(inner: R, expected: Fingerprint, what: &str) -> Self {
+        CheckStored {
+            inner: Hashing::new(inner),
+            expected,
+            what: what.to_string(),
+            mismatch: None,
+            at_end: false,
+        }
+    }
+
+    /// Reads what the decoder left (trailing bytes count too) and compares.
+    pub fn finish(mut self) -> Result<()> {
+        let drained = io::copy(&mut self, &mut io::sink());
+        if let Some(mismatch) = self.mismatch {
+            bail!("{mismatch}");
+        }
+        drained.with_context(|| format!("read {}", self.what))?;
+        Ok(())
+    }
+
+    fn mismatch(&mut self, actual: &str) -> io::Error {
+        let message = format!(
+            "verify {}: the stored object does not match its manifest ({actual}; the manifest records {} bytes, SHA-256 {}): it is truncated, damaged or was replaced",
+            self.what, self.expected.size, self.expected.sha256
+        );
+        self.mismatch = Some(message.clone());
+        io::Error::new(io::ErrorKind::InvalidData, message)
+    }
+}
+
+impl<R: Read> Read for CheckStored<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at_end || buf.is_empty() {
+            return Ok(0);
+        }
+        if let Some(mismatch) = &self.mismatch {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, mismatch.clone()));
+        }
+        // One byte past the recorded size is enough to know it is wrong.
+        let room = self.expected.size.saturating_sub(self.inner.size) + 1;
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if self.inner.size > self.expected.size {
+            return Err(self.mismatch(&format!("more than {} bytes", self.expected.size)));
+        }
+        if n == 0 {
+            let sha256 = hex::encode(self.inner.hasher.clone().finalize());
+            let size = self.inner.size;
+            if size != self.expected.size || !sha256.eq_ignore_ascii_case(&self.expected.sha256) {
+                return Err(self.mismatch(&format!("{size} bytes, SHA-256 {sha256}")));
+            }
+            self.at_end = true;
+        }
+        Ok(n)
+    }
+}
+
 /// How a backup is sealed: always compressed, encrypted unless opted out by name.
 pub struct Sealing {
     pub compression: Compression,
