@@ -10,6 +10,7 @@ use crate::manifest::{self, Manifest};
 use crate::pipeline::Sealing;
 use crate::source::Source;
 use crate::storage::{self, IncompleteBody, Storage, body_channel};
+use crate::vconfig::ConfigSource;
 
 /// Chunks handed from the pipeline to storage; with `CHUNK_DEPTH` they bound
 /// the memory a backup in flight holds between the two.
@@ -61,6 +62,7 @@ pub async fn take_backup(
     sealing: Arc<Sealing>,
     storage: &dyn Storage,
     vcluster: &str,
+    vcluster_config: &ConfigSource,
 ) -> Result<Manifest, BackupError> {
     // Milliseconds, as in the object name, so `--at <created>` finds this backup.
     let started = Utc::now().trunc_subsecs(3);
@@ -113,6 +115,17 @@ pub async fn take_backup(
         (Ok(_), Err(err)) => return Err(at(Stage::Storage)(err)),
     };
 
+    // The config rides along, but a backup is worth keeping without it.
+    let config = match vcluster_config.read() {
+        Some(yaml) => match vcluster_config.store(&yaml, &sealing, storage, &name).await {
+            Ok(saved) => Some(saved),
+            Err(err) => {
+                tracing::warn!(backup = %name, "backup kept without its vCluster config: {err:#}");
+                None
+            }
+        },
+        None => None,
+    };
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,
         name: name.clone(),
@@ -134,6 +147,7 @@ pub async fn take_backup(
         }),
         revision: facts.revision,
         etcd: facts.etcd,
+        config,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let written =
@@ -141,8 +155,11 @@ pub async fn take_backup(
             .await;
     if let Err(err) = written {
         // Without its manifest the backup is not listed; do not leave it lying
-        // around. The object is ours: it was written only if absent.
+        // around. The objects are ours: they were written only if absent.
         let _ = storage.delete(&name).await;
+        if let Some(config) = &manifest.config {
+            let _ = storage.delete(&config.name).await;
+        }
         return Err(BackupError {
             stage: Stage::Storage,
             error: err.context(format!(

@@ -62,6 +62,9 @@ pub enum Command {
     Decrypt(DecryptArgs),
     /// Restore a backup from the destination to a file, verified before it replaces anything.
     Restore(RestoreArgs),
+    /// Write a backup as vCluster's snapshot archive (.tar.gz) for `vcluster restore` and
+    /// `vcluster create --restore`. The archive is NOT age-encrypted: vCluster cannot read age.
+    Export(ExportArgs),
 }
 
 /// Where backups live.
@@ -79,7 +82,8 @@ pub struct StorageArgs {
     pub destination: String,
 
     /// The virtual cluster's name, used in object names and as the folder under the destination.
-    /// [default: this pod's name without its StatefulSet ordinal, e.g. `demo` in pod `demo-0`]
+    /// [default: $VCLUSTER_NAME, else this pod's name without its StatefulSet ordinal, e.g. `demo`
+    /// in pod `demo-0`]
     #[arg(long, env = "VCBACKUP_NAME")]
     pub name: Option<String>,
 }
@@ -106,6 +110,34 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub sealing: SealingArgs,
+
+    #[command(flatten)]
+    pub vcluster_config: VclusterConfigArgs,
+}
+
+/// The vCluster config saved with every backup, and the release it belongs to.
+#[derive(Debug, Args)]
+pub struct VclusterConfigArgs {
+    /// vCluster's merged values, saved (encrypted like the backup) beside every backup so that
+    /// `export` can build the release entry `vcluster create --restore` reads. Mount the pod
+    /// volume `vcluster-config` at /var/lib/vcluster. A missing file only warns.
+    #[arg(
+        long,
+        env = "VCBACKUP_VCLUSTER_CONFIG",
+        value_name = "FILE",
+        default_value = "/var/lib/vcluster/config.yaml"
+    )]
+    pub vcluster_config: PathBuf,
+
+    /// The virtual cluster's host namespace, recorded with the config.
+    /// [default: the pod's namespace, from its service account]
+    #[arg(long, env = "VCBACKUP_NAMESPACE", value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The vCluster chart version, recorded with the config (the chart does not expose it in
+    /// the pod, so the values file sets it).
+    #[arg(long, env = "VCBACKUP_CHART_VERSION", value_name = "VERSION")]
+    pub chart_version: Option<String>,
 }
 
 /// `vcbackup backup`: one backup, then the sweep of what killed agents left.
@@ -334,6 +366,10 @@ pub struct RestoreArgs {
     #[arg(long, env = "VCBACKUP_RESTORE_IF_MISSING")]
     pub if_missing: bool,
 
+    /// Also write the vCluster config saved with the backup (its Helm values) to this file.
+    #[arg(long, env = "VCBACKUP_RESTORE_CONFIG_OUT", value_name = "FILE")]
+    pub config_out: Option<PathBuf>,
+
     /// Move kine's revision forward by this much after restoring, so that clients that watched
     /// the old store never see revisions go backwards (as `vcluster restore` does). 0 keeps it.
     #[arg(long, env = "VCBACKUP_BUMP_REVISION", default_value_t = 1000)]
@@ -344,6 +380,89 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The backup to export: a name from `vcbackup list`, or `latest`. Not with --input.
+    #[arg(value_name = "NAME|latest")]
+    pub backup: Option<String>,
+
+    /// Export the newest backup taken at or before this time (RFC 3339).
+    #[arg(long, env = "VCBACKUP_EXPORT_AT", value_name = "TIME")]
+    pub at: Option<String>,
+
+    /// A downloaded backup file (`….zst.age`) instead of one in the destination; its manifest
+    /// (`FILE.json`) and saved config are read from beside it when there.
+    #[arg(long, env = "VCBACKUP_EXPORT_INPUT", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Where the backups are (as for `list`); not needed with --input.
+    #[arg(long, env = "VCBACKUP_DESTINATION", value_name = "URL")]
+    pub destination: Option<String>,
+
+    /// The virtual cluster's name, the folder under the destination. [default: as for `list`]
+    #[arg(long, env = "VCBACKUP_NAME")]
+    pub name: Option<String>,
+
+    /// The archive to write (`NAME.tar.gz`), or `-` for standard output. The archive is NOT
+    /// encrypted: it holds every secret of the virtual cluster in plain text.
+    #[arg(long, short, env = "VCBACKUP_EXPORT_OUTPUT", value_name = "FILE|-")]
+    pub output: Option<PathBuf>,
+
+    /// Upload the archive to `s3://BUCKET/DIR/NAME.tar.gz` instead (same options in the query as
+    /// --destination, e.g. `?region=eu-west-1&server-side-encryption=aws:kms`), for
+    /// `vcluster create NAME --restore s3://BUCKET/DIR/NAME.tar.gz`. The object is NOT
+    /// age-encrypted, since vCluster cannot read age: use server-side encryption and a bucket
+    /// policy that keeps it private.
+    #[arg(long, env = "VCBACKUP_EXPORT_TO", value_name = "URL")]
+    pub to: Option<String>,
+
+    /// Replace the output file or object if it exists.
+    #[arg(long, env = "VCBACKUP_EXPORT_FORCE")]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+impl ExportArgs {
+    /// Where the archive goes: exactly one of -o and --to.
+    pub fn output(&self) -> Result<crate::export::Output> {
+        use crate::export::Output;
+        match (&self.output, &self.to) {
+            (Some(_), Some(_)) => bail!("give either -o FILE or --to s3://…, not both"),
+            (None, None) => bail!(
+                "no output: give -o FILE.tar.gz (or -o - for standard output) or --to s3://BUCKET/DIR/NAME.tar.gz"
+            ),
+            (Some(path), None) if path.as_os_str() == "-" => Ok(Output::Stdout),
+            (Some(path), None) => Ok(Output::File(path.clone())),
+            (None, Some(url)) => Ok(Output::S3(url.clone())),
+        }
+    }
+
+    /// The backup to export, in storage (`None`: the file given by --input).
+    pub fn stored(&self) -> Result<Option<(Target, Selector)>> {
+        if let Some(input) = &self.input {
+            if self.backup.is_some() || self.at.is_some() {
+                bail!(
+                    "--input {} is the backup to export; give no backup name or --at with it",
+                    input.display()
+                );
+            }
+            return Ok(None);
+        }
+        let destination = self.destination.clone().context(
+            "no backup to export: give --destination URL (and a NAME or latest), or --input FILE",
+        )?;
+        let storage = StorageArgs {
+            destination,
+            name: self.name.clone(),
+        };
+        let at = self.at.as_deref().map(parse_time).transpose()?;
+        let selector = Selector::new(Some(self.backup.as_deref().unwrap_or("latest")), at)?;
+        Ok(Some((storage.resolve()?, selector)))
+    }
 }
 
 /// Where backups of one virtual cluster live, checked.
@@ -407,6 +526,17 @@ impl BackupArgs {
     }
 }
 
+impl VclusterConfigArgs {
+    pub fn source(&self, vcluster: &str) -> crate::vconfig::ConfigSource {
+        crate::vconfig::ConfigSource::new(
+            self.vcluster_config.clone(),
+            vcluster,
+            self.namespace.clone(),
+            self.chart_version.clone(),
+        )
+    }
+}
+
 impl RetentionArgs {
     pub fn policy(&self) -> RetentionPolicy {
         RetentionPolicy {
@@ -443,7 +573,6 @@ impl RunArgs {
             source,
             sealing: self.backup.sealing.resolve()?,
             destination: target.destination,
-            vcluster: target.vcluster,
             schedule: Schedule::parse(&self.schedule)?,
             timezone: schedule::parse_timezone(&self.timezone)?,
             jitter: schedule::parse_duration(&self.jitter).context("--jitter")?,
@@ -453,6 +582,8 @@ impl RunArgs {
             listen: self.listen,
             shutdown_timeout: timeout,
             backup_on_shutdown: self.backup_on_shutdown,
+            vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
+            vcluster: target.vcluster,
         })
     }
 }
@@ -478,8 +609,16 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>> {
         })
 }
 
-/// In a vCluster pod the hostname is the StatefulSet pod `<release>-<ordinal>`.
+/// `VCLUSTER_NAME` (the release name, which the helm-values files set), else the
+/// hostname: in a vCluster pod the StatefulSet pod `<release>-<ordinal>`.
 fn default_vcluster_name() -> Result<String> {
+    if let Some(name) = std::env::var("VCLUSTER_NAME")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+    {
+        return Ok(name);
+    }
     let hostname = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

@@ -25,6 +25,7 @@ use crate::retention::{self, RetentionPolicy};
 use crate::schedule::{self, Schedule};
 use crate::source::{Source, SourceConfig};
 use crate::storage::{Destination, Storage};
+use crate::vconfig::ConfigSource;
 
 /// The loop wakes at least this often, to notice clock jumps and show it is alive.
 const WAKE: Duration = Duration::from_secs(15);
@@ -49,6 +50,7 @@ pub struct DaemonConfig {
     pub listen: String,
     pub shutdown_timeout: Duration,
     pub backup_on_shutdown: bool,
+    pub vcluster_config: ConfigSource,
 }
 
 /// What the HTTP endpoints read and the scheduler writes.
@@ -397,6 +399,7 @@ impl Scheduler<'_> {
             Arc::clone(&self.config.sealing),
             self.storage,
             &self.config.vcluster,
+            &self.config.vcluster_config,
         )
         .await;
         metrics.in_progress.set(0);

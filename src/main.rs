@@ -9,7 +9,9 @@ mod backup;
 mod catalog;
 mod cli;
 mod daemon;
+mod export;
 mod http;
+mod keyvalue;
 mod manifest;
 mod metrics;
 mod pipeline;
@@ -18,11 +20,12 @@ mod retention;
 mod schedule;
 mod source;
 mod storage;
+mod vconfig;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 
 use crate::cli::{Cli, Command, LogFormat, OutputFormat};
@@ -56,10 +59,17 @@ async fn run(command: Command) -> Result<()> {
             let sealing = args.backup.sealing.resolve()?;
             let stale_upload_age = args.sweep.stale_upload_age()?;
             let target = args.backup.storage.resolve()?;
+            let vcluster_config = args.backup.vcluster_config.source(&target.vcluster);
             let storage = target.destination.open(&target.vcluster).await?;
             let source = tokio::task::spawn_blocking(move || source.open()).await??;
-            let manifest =
-                backup::take_backup(source, sealing, storage.as_ref(), &target.vcluster).await?;
+            let manifest = backup::take_backup(
+                source,
+                sealing,
+                storage.as_ref(),
+                &target.vcluster,
+                &vcluster_config,
+            )
+            .await?;
             println!("{}", manifest.name);
             // The backup is stored; a failed clean-up of others' leftovers only warns.
             let cutoff = chrono::Utc::now() - stale_upload_age;
@@ -121,10 +131,39 @@ async fn run(command: Command) -> Result<()> {
             tokio::task::spawn_blocking(move || restore::decrypt(identities, &options)).await?
         }
         Command::Restore(args) => {
-            let selector = args.selector()?;
+            let mut selector = args.selector()?;
             let identities = args.identity.load()?;
             let target = args.storage.resolve()?;
             let storage = target.destination.open(&target.vcluster).await?;
+            // The config comes from the very backup restored: pin it by name, and
+            // fetch it first, so a backup without one fails before anything is replaced.
+            let config = match &args.config_out {
+                Some(path) => {
+                    if path.exists() && !args.force {
+                        anyhow::bail!(
+                            "write {}: the file exists; pass --force to replace it",
+                            path.display()
+                        );
+                    }
+                    let backups = catalog::list_backups(storage.as_ref()).await?;
+                    let manifest = catalog::select(&backups, &selector, &storage.location())?;
+                    let saved = manifest.config.as_ref().with_context(|| {
+                        format!(
+                            "--config-out {}: backup {} has no saved vCluster config (taken without /var/lib/vcluster/config.yaml, or by an older vcbackup)",
+                            path.display(),
+                            manifest.name
+                        )
+                    })?;
+                    let sealed =
+                        storage::get_bytes(storage.as_ref(), &saved.name, export::CONFIG_MAX_BYTES)
+                            .await?;
+                    let yaml =
+                        export::open_config(&sealed, manifest, identities.as_ref(), &saved.name)?;
+                    selector = catalog::Selector::Named(manifest.name.clone());
+                    Some((path.clone(), yaml))
+                }
+                None => None,
+            };
             let options = restore::RestoreOptions {
                 to: args.to,
                 force: args.force,
@@ -133,7 +172,15 @@ async fn run(command: Command) -> Result<()> {
             };
             match restore::restore(storage.as_ref(), &selector, identities, &options).await? {
                 restore::Restored::Done(manifest) => {
-                    eprintln!("restored {} to {}", manifest.name, options.to.display())
+                    eprintln!("restored {} to {}", manifest.name, options.to.display());
+                    if let Some((path, yaml)) = config {
+                        vconfig::write_config(&path, &yaml, args.force)?;
+                        eprintln!(
+                            "wrote the vCluster config of {} to {}",
+                            manifest.name,
+                            path.display()
+                        );
+                    }
                 }
                 restore::Restored::Kept => {
                     eprintln!(
@@ -142,6 +189,39 @@ async fn run(command: Command) -> Result<()> {
                     )
                 }
             }
+            Ok(())
+        }
+        Command::Export(args) => {
+            let output = args.output()?;
+            let identities = args.identity.load()?;
+            let input = match args.stored()? {
+                Some((target, selector)) => export::Input::Stored {
+                    storage: target.destination.open(&target.vcluster).await?,
+                    selector,
+                },
+                None => export::Input::File(args.input.clone().context("no --input")?),
+            };
+            let shown = match (&args.output, &args.to) {
+                (Some(path), _) if path.as_os_str() == "-" => "standard output".to_string(),
+                (Some(path), _) => path.display().to_string(),
+                (None, Some(url)) => url.clone(),
+                (None, None) => String::new(),
+            };
+            let options = export::ExportOptions {
+                output,
+                force: args.force,
+            };
+            let exported = export::export(input, identities, options).await?;
+            eprintln!(
+                "exported {} keys of {} to {shown}{}; the archive is not encrypted",
+                exported.keys,
+                exported.backup,
+                if exported.release {
+                    " with its release entry"
+                } else {
+                    " without a release entry"
+                }
+            );
             Ok(())
         }
     }
@@ -170,6 +250,7 @@ mod listing {
                         "encrypted": m.encryption.is_some(),
                         "revision": m.revision,
                         "vcluster": m.vcluster,
+                        "config": m.config.is_some(),
                     })
                 })
                 .collect(),

@@ -78,7 +78,50 @@ pub struct Manifest {
     pub revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdFacts>,
+    /// The vCluster config saved beside the backup; absent in backups taken
+    /// without one (and in those of versions before it was saved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<SavedConfig>,
     pub agent_version: String,
+}
+
+/// The vCluster config (the merged Helm values) stored beside a backup,
+/// compressed and encrypted like it: it can hold secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedConfig {
+    /// The object's name, beside the backup.
+    pub name: String,
+    /// The YAML's size and SHA-256.
+    pub size: u64,
+    pub sha256: String,
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    #[serde(default)]
+    pub release: Release,
+}
+
+/// The Helm release the config belongs to: what `vcluster create --restore`
+/// reads from an archive's release entry. Empty when the agent did not know.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
+    pub chart_name: String,
+    pub chart_version: String,
+}
+
+/// The name of the config object beside backup `backup_name`:
+/// `demo-…-sqlite.zst.age` → `demo-…-sqlite.config.yaml.zst.age`.
+pub fn config_name(backup_name: &str) -> String {
+    let (stem, sealed) = match backup_name.strip_suffix(".zst.age") {
+        Some(stem) => (stem, ".zst.age"),
+        None => (
+            backup_name.strip_suffix(".zst").unwrap_or(backup_name),
+            ".zst",
+        ),
+    };
+    format!("{stem}.config.yaml{sealed}")
 }
 
 impl Manifest {
@@ -146,5 +189,26 @@ mod tests {
         assert!(a < b);
         let twin = backup_name("demo", early, 1, SourceKind::Sqlite, true);
         assert_ne!(a, twin, "two writers in one millisecond");
+        assert_eq!(
+            config_name(&a),
+            "demo-20260102T030405.000Z-ffffffff-sqlite.config.yaml.zst.age"
+        );
+        assert_eq!(
+            config_name(&b),
+            "demo-20261102T030405.000Z-00000000-etcd.config.yaml.zst"
+        );
+    }
+
+    #[test]
+    fn manifests_without_a_config_still_read() {
+        let old = r#"{"format_version":1,"name":"n","vcluster":"demo","kind":"sqlite",
+            "started":"2026-01-02T03:04:05Z","finished":"2026-01-02T03:04:06Z","size":1,
+            "sha256":"a","stored_size":1,"stored_sha256":"b",
+            "compression":{"algorithm":"zstd","level":3},"encryption":null,"revision":5,
+            "agent_version":"0.1.0"}"#;
+        let manifest = Manifest::from_json(old.as_bytes(), "old").unwrap();
+        assert_eq!(manifest.config, None);
+        let json = String::from_utf8(manifest.to_json().unwrap()).unwrap();
+        assert!(!json.contains("config"), "{json}");
     }
 }

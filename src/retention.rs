@@ -114,6 +114,9 @@ pub async fn prune(
             // an interrupted deletion never shows a backup whose data is gone.
             storage.delete(&backup.manifest_key()).await?;
             storage.delete(&backup.name).await?;
+            if let Some(config) = &backup.config {
+                storage.delete(&config.name).await?;
+            }
             tracing::info!(backup = %backup.name, %reason, "retention deleted backup");
         }
     }

@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 
-const COMMANDS: [&str; 6] = ["run", "backup", "list", "prune", "decrypt", "restore"];
+const COMMANDS: [&str; 7] = [
+    "run", "backup", "list", "prune", "decrypt", "restore", "export",
+];
 
 /// (flag, env var) for every option of `command`, read from its `--help`.
 fn options(command: &str) -> Vec<(String, Option<String>)> {

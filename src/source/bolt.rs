@@ -353,25 +353,62 @@ fn count(page: &[u8]) -> usize {
     usize::from(u16_le(page, 10).unwrap_or(0))
 }
 
+/// The elements of a branch page: each child's first key (when it lies
+/// inside the page) and page id. Stops at the first element cut off.
+fn branch_elements(page: &[u8]) -> impl Iterator<Item = (Option<&[u8]>, u64)> {
+    (0..count(page)).map_while(move |i| {
+        let at = PAGE_HEADER + i * ELEMENT;
+        let (pos, ksize, child) = (
+            u32_le(page, at)?,
+            u32_le(page, at + 4)?,
+            u64_le(page, at + 8)?,
+        );
+        let start = at + pos as usize;
+        Some((page.get(start..start + ksize as usize), child))
+    })
+}
+
+/// One element of a leaf page.
+struct LeafElement<'a> {
+    index: usize,
+    flags: u32,
+    /// `None` when it would lie outside the page (a corrupt or cut-off page).
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    /// Where the value starts, from the start of the page.
+    value_at: usize,
+}
+
+/// The elements of a leaf page. Stops at the first element header cut off.
+fn leaf_elements(page: &[u8]) -> impl Iterator<Item = LeafElement<'_>> {
+    (0..count(page)).map_while(move |index| {
+        let at = PAGE_HEADER + index * ELEMENT;
+        let (flags, pos, ksize, vsize) = (
+            u32_le(page, at)?,
+            u32_le(page, at + 4)?,
+            u32_le(page, at + 8)?,
+            u32_le(page, at + 12)?,
+        );
+        let key_at = at + pos as usize;
+        let value_at = key_at + ksize as usize;
+        Some(LeafElement {
+            index,
+            flags,
+            key: page.get(key_at..value_at),
+            value: page.get(value_at..value_at + vsize as usize),
+            value_at,
+        })
+    })
+}
+
 fn parse_branch(page: &[u8]) -> Option<Node> {
-    let n = count(page);
-    if n == 0 {
-        return None;
-    }
     let mut probes = [None; 3];
     let mut first = None;
     let mut last = None;
-    for i in 0..n {
-        let at = PAGE_HEADER + i * ELEMENT;
-        let (Some(pos), Some(ksize), Some(child)) =
-            (u32_le(page, at), u32_le(page, at + 4), u64_le(page, at + 8))
-        else {
-            break;
-        };
+    for (key, child) in branch_elements(page) {
         first.get_or_insert(child);
         last = Some(child);
-        let start = at + pos as usize;
-        let Some(key) = page.get(start..start + ksize as usize) else {
+        let Some(key) = key else {
             continue;
         };
         // bbolt follows the last element whose key is not above the one sought.
@@ -393,23 +430,12 @@ fn parse_branch(page: &[u8]) -> Option<Node> {
 fn parse_leaf(page: &[u8], top: bool) -> Leaf {
     let mut leaf = Leaf::default();
     let n = count(page);
-    for i in 0..n {
-        let at = PAGE_HEADER + i * ELEMENT;
-        let (Some(flags), Some(pos), Some(ksize), Some(vsize)) = (
-            u32_le(page, at),
-            u32_le(page, at + 4),
-            u32_le(page, at + 8),
-            u32_le(page, at + 12),
-        ) else {
-            break;
-        };
-        let key_at = at + pos as usize;
-        let value_at = key_at + ksize as usize;
-        let Some(key) = page.get(key_at..value_at) else {
+    for element in leaf_elements(page) {
+        let Some(key) = element.key else {
             continue;
         };
-        let value = page.get(value_at..value_at + vsize as usize);
-        if flags & BUCKET_LEAF != 0 {
+        let value = element.value;
+        if element.flags & BUCKET_LEAF != 0 {
             if top && (key == KEY_BUCKET || key == META_BUCKET) {
                 let bucket = value.and_then(parse_bucket);
                 if key == KEY_BUCKET {
@@ -423,7 +449,7 @@ fn parse_leaf(page: &[u8], top: bool) -> Leaf {
         if key == FINISHED_COMPACT {
             leaf.compacted = value.and_then(u64_be);
         }
-        if i + 1 == n {
+        if element.index + 1 == n {
             leaf.last_rev = revision_of(key);
         }
     }
@@ -438,6 +464,201 @@ fn parse_bucket(value: &[u8]) -> Option<Bucket> {
         )))),
         root => Some(Bucket::Root(root)),
     }
+}
+
+/// A bbolt file on disk, read in place to walk one bucket in key order: the
+/// key/value view of an etcd backup (`keyvalue`). Unlike the scanner above,
+/// this needs random access, so it reads a file rather than a stream. Memory:
+/// one page per tree level (a page with its overflow is at most one value of
+/// a few MiB) and one bit per page to refuse a tree that loops.
+pub struct BoltFile {
+    file: std::fs::File,
+    page_size: u64,
+    /// Pages the file holds.
+    pages: u64,
+    root: u64,
+}
+
+/// Called with each leaf element's key, value, position and flags.
+type ElementVisitor<'a> = dyn FnMut(&[u8], &[u8], ValueAt, u32) -> Result<(), String> + 'a;
+
+/// Where a leaf value lies in the file, for reading it again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueAt {
+    pub offset: u64,
+    pub len: usize,
+}
+
+impl BoltFile {
+    /// Opens a bbolt file at its newest valid meta page.
+    pub fn open(file: std::fs::File) -> Result<Self, String> {
+        let len = file
+            .metadata()
+            .map_err(|err| format!("read the file's size: {err}"))?
+            .len();
+        let mut first = vec![0; PAGE_HEADER + META_CHECKSUMMED + 8];
+        read_exact_at(&file, &mut first, 0)?;
+        // A torn first meta page still leaves the second; its offset is the page
+        // size, which the first would have said, so try the usual sizes.
+        let sizes = match parse_meta(&first) {
+            Some(meta) => vec![meta.page_size],
+            None => vec![4096, 8192, 16384, 65536],
+        };
+        let mut best: Option<Meta> = parse_meta(&first);
+        for size in sizes {
+            let mut second = vec![0; PAGE_HEADER + META_CHECKSUMMED + 8];
+            if read_exact_at(&file, &mut second, size).is_ok()
+                && let Some(meta) = parse_meta(&second).filter(|m| m.page_size == size)
+                && best.is_none_or(|b| meta.txid > b.txid)
+            {
+                best = Some(meta);
+            }
+        }
+        let meta = best.ok_or("no valid bbolt meta page: not an etcd snapshot")?;
+        if meta.page_size < 512 {
+            return Err(format!("page size {} is too small", meta.page_size));
+        }
+        Ok(BoltFile {
+            file,
+            page_size: meta.page_size,
+            pages: len / meta.page_size,
+            root: meta.root,
+        })
+    }
+
+    /// Calls `visit(key, value, where)` for every entry of the top-level bucket
+    /// `name`, in key order; nested buckets are skipped. A missing bucket is an error.
+    pub fn for_each_in_bucket(
+        &self,
+        name: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8], ValueAt) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut seen = vec![0u64; usize::try_from(self.pages.div_ceil(64)).unwrap_or(0)];
+        let mut bucket = None;
+        self.walk(self.root, 0, &mut seen, &mut |key, value, at, flags| {
+            if flags & BUCKET_LEAF != 0 && key == name {
+                bucket = Some((value.to_vec(), at));
+            }
+            Ok(())
+        })?;
+        let (header, at) = bucket.ok_or_else(|| {
+            format!(
+                "no {:?} bucket: not an etcd snapshot",
+                String::from_utf8_lossy(name)
+            )
+        })?;
+        match u64_le(&header, 0).ok_or("a bucket header is cut off")? {
+            // A small bucket lives inline in its parent's value, after the header.
+            0 => {
+                let page = header.get(16..).ok_or("an inline bucket is cut off")?;
+                let base = at.offset + 16;
+                visit_leaf(page, base, &mut |key, value, at, flags| {
+                    if flags & BUCKET_LEAF == 0 {
+                        visit(key, value, at)?;
+                    }
+                    Ok(())
+                })
+            }
+            root => self.walk(root, 0, &mut seen, &mut |key, value, at, flags| {
+                if flags & BUCKET_LEAF == 0 {
+                    visit(key, value, at)?;
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`, such as a value found by the walk.
+    pub fn read_at(&self, at: ValueAt) -> Result<Vec<u8>, String> {
+        let mut data = vec![0; at.len];
+        read_exact_at(&self.file, &mut data, at.offset)?;
+        Ok(data)
+    }
+
+    /// Depth-first, children in order: the leaves' elements come out in key order.
+    fn walk(
+        &self,
+        pgid: u64,
+        depth: usize,
+        seen: &mut [u64],
+        visit: &mut ElementVisitor<'_>,
+    ) -> Result<(), String> {
+        if depth > 64 {
+            return Err("the tree is deeper than 64 levels".into());
+        }
+        if pgid < 2 || pgid >= self.pages {
+            return Err(format!(
+                "page {pgid} is outside the file ({} pages)",
+                self.pages
+            ));
+        }
+        let (word, bit) = ((pgid / 64) as usize, pgid % 64);
+        if seen[word] & (1 << bit) != 0 {
+            return Err(format!("page {pgid} is reached twice: the tree loops"));
+        }
+        seen[word] |= 1 << bit;
+        let page = self.read_page(pgid)?;
+        match u16_le(&page, 8).unwrap_or(0) {
+            BRANCH_PAGE => {
+                for (_, child) in branch_elements(&page) {
+                    self.walk(child, depth + 1, seen, visit)?;
+                }
+                Ok(())
+            }
+            LEAF_PAGE => visit_leaf(&page, pgid * self.page_size, visit),
+            flags => Err(format!(
+                "page {pgid} has flags {flags:#x}, expected a branch or leaf page"
+            )),
+        }
+    }
+
+    /// A page with its overflow pages.
+    fn read_page(&self, pgid: u64) -> Result<Vec<u8>, String> {
+        let offset = pgid * self.page_size;
+        let mut header = [0; PAGE_HEADER];
+        read_exact_at(&self.file, &mut header, offset)?;
+        let overflow = u64::from(u32_le(&header, 12).unwrap_or(0));
+        if pgid + overflow >= self.pages {
+            return Err(format!(
+                "page {pgid} with {overflow} overflow pages runs past the end of the file"
+            ));
+        }
+        let len = usize::try_from((overflow + 1) * self.page_size)
+            .map_err(|_| format!("page {pgid} is too large"))?;
+        let mut page = vec![0; len];
+        read_exact_at(&self.file, &mut page, offset)?;
+        Ok(page)
+    }
+}
+
+/// Visits the elements of a leaf page that starts at file offset `base`.
+fn visit_leaf(page: &[u8], base: u64, visit: &mut ElementVisitor<'_>) -> Result<(), String> {
+    let n = count(page);
+    let mut seen = 0;
+    for element in leaf_elements(page) {
+        seen += 1;
+        let (Some(key), Some(value)) = (element.key, element.value) else {
+            return Err(format!(
+                "element {} of the leaf at offset {base} lies outside its page",
+                element.index
+            ));
+        };
+        let at = ValueAt {
+            offset: base + element.value_at as u64,
+            len: value.len(),
+        };
+        visit(key, value, at, element.flags)?;
+    }
+    if seen != n {
+        return Err(format!("the leaf at offset {base} is cut off"));
+    }
+    Ok(())
+}
+
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+        .map_err(|err| format!("read {} bytes at offset {offset}: {err}", buf.len()))
 }
 
 #[cfg(test)]
@@ -647,5 +868,56 @@ mod tests {
         }
         assert!(pages.get(nodes.len() as u64).is_none());
         assert!(pages.get(u64::MAX).is_none());
+    }
+
+    fn bolt_file(bytes: &[u8]) -> BoltFile {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        BoltFile::open(file).unwrap()
+    }
+
+    #[test]
+    fn walks_a_bucket_in_key_order_with_each_value_where_it_lies() {
+        let bolt = bolt_file(&snapshot(9, 4));
+        let mut keys = Vec::new();
+        bolt.for_each_in_bucket(KEY_BUCKET, |key, value, at| {
+            assert_eq!(bolt.read_at(at).unwrap(), value);
+            keys.push(key.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(keys, [rev_key(1), rev_key(9)]);
+        // An inline bucket, inside its parent's value.
+        let mut items = Vec::new();
+        bolt.for_each_in_bucket(META_BUCKET, |key, value, at| {
+            assert_eq!(bolt.read_at(at).unwrap(), value);
+            items.push((key.to_vec(), value.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            items,
+            [
+                (FINISHED_COMPACT.to_vec(), 4u64.to_be_bytes().to_vec()),
+                (b"z".to_vec(), Vec::new())
+            ]
+        );
+        let err = bolt.for_each_in_bucket(b"lease", |_, _, _| Ok(()));
+        assert!(err.unwrap_err().contains("no \"lease\" bucket"));
+    }
+
+    #[test]
+    fn a_tree_that_loops_or_points_outside_the_file_is_refused() {
+        let mut looped = snapshot(9, 0);
+        looped[5 * PAGE..6 * PAGE].copy_from_slice(&branch(5, &[(&rev_key(1), 5)]));
+        let err = bolt_file(&looped).for_each_in_bucket(KEY_BUCKET, |_, _, _| Ok(()));
+        assert!(err.unwrap_err().contains("reached twice"));
+        let mut outside = snapshot(9, 0);
+        outside[5 * PAGE..6 * PAGE].copy_from_slice(&branch(5, &[(&rev_key(1), 4000)]));
+        let err = bolt_file(&outside).for_each_in_bucket(KEY_BUCKET, |_, _, _| Ok(()));
+        assert!(err.unwrap_err().contains("outside the file"));
+        let file = tempfile::tempfile().unwrap();
+        assert!(BoltFile::open(file).is_err());
     }
 }

@@ -13,6 +13,7 @@ use anyhow::Result;
 
 use crate::manifest::{EtcdFacts, SourceKind};
 
+pub use bolt::{BoltFile, ValueAt};
 pub use detect::{Detected, detect};
 pub use etcd::{EtcdOptions, EtcdSource, EtcdTls, verify_snapshot_digest};
 pub use sqlite::SqliteSource;

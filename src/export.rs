@@ -1,0 +1,607 @@
+//! `vcbackup export`: a backup as the archive `vcluster restore` and
+//! `vcluster create --restore` read. gzip around tar: first the release entry
+//! (`/vcluster/snapshot/release`, built from the config saved with the backup),
+//! then every key of the store in key order, named by the key exactly, its
+//! body the raw value. The archive is plaintext, because vCluster cannot read
+//! age: it is an operator's offline action, never the sidecar's.
+//!
+//! The backup is decrypted into a private scratch directory (both stores need
+//! random access), read through the key/value view, and removed afterwards.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use tokio_util::io::SyncIoBridge;
+
+use crate::catalog::{self, Selector};
+use crate::keyvalue::{KeyValues, Pair};
+use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
+use crate::pipeline::{Hashing, Identities, unseal};
+use crate::storage::{self, Destination, IncompleteBody, ObjectExists, Storage, body_channel};
+
+/// The entry `vcluster create --restore` reads its values and chart version from.
+pub const RELEASE_ENTRY: &[u8] = b"/vcluster/snapshot/release";
+/// vCluster's own bookkeeping keys: never exported as keys.
+const SNAPSHOT_PREFIX: &[u8] = b"/vcluster/snapshot/";
+/// A saved config is a Helm values file; a Kubernetes secret holds at most 1 MiB.
+pub const CONFIG_MAX_BYTES: u64 = 4 << 20;
+/// gzip level: 6 (gzip's default) is about twice as slow as 1 on Kubernetes
+/// objects for a few percent smaller archives.
+const GZIP_LEVEL: u32 = 1;
+const CHUNK_SIZE: usize = 1 << 20;
+const CHUNK_DEPTH: usize = 8;
+
+/// Where the backup comes from.
+pub enum Input {
+    Stored {
+        storage: Box<dyn Storage>,
+        selector: Selector,
+    },
+    /// A downloaded backup file, with its manifest beside it when there is one.
+    File(PathBuf),
+}
+
+/// Where the archive goes.
+pub enum Output {
+    File(PathBuf),
+    Stdout,
+    /// `s3://BUCKET/DIR/NAME.tar.gz?options`, as given.
+    S3(String),
+}
+
+pub struct ExportOptions {
+    pub output: Output,
+    pub force: bool,
+}
+
+/// What an export wrote.
+pub struct Exported {
+    pub backup: String,
+    pub keys: u64,
+    pub release: bool,
+}
+
+/// A backup's plaintext on its way in, with what is known about it.
+struct Opened {
+    reader: Box<dyn Read + Send>,
+    manifest: Option<Manifest>,
+    config: Option<Vec<u8>>,
+    what: String,
+}
+
+pub async fn export(
+    input: Input,
+    identities: Option<Identities>,
+    options: ExportOptions,
+) -> Result<Exported> {
+    // Output problems first: no decrypting a large backup only to refuse its result.
+    let target = match &options.output {
+        Output::File(path) => {
+            if path.exists() && !options.force {
+                bail!(
+                    "write {}: the file exists; pass --force to replace it",
+                    path.display()
+                );
+            }
+            Target::File(path.clone())
+        }
+        Output::Stdout => {
+            if io::stdout().is_terminal() {
+                bail!(
+                    "refusing to write an archive to a terminal; pass -o FILE.tar.gz or redirect the output"
+                );
+            }
+            Target::Stdout
+        }
+        Output::S3(url) => {
+            let (storage, key) = open_s3_target(url).await?;
+            Target::S3 { storage, key }
+        }
+    };
+    let opened = match input {
+        Input::Stored { storage, selector } => {
+            open_stored(storage.as_ref(), &selector, identities.as_ref()).await?
+        }
+        // A manifest and a config: small reads.
+        Input::File(path) => open_file(&path, identities.as_ref())?,
+    };
+    let release = match (&opened.manifest, &opened.config) {
+        (Some(manifest), Some(yaml)) => Some(release_json(manifest, yaml)?),
+        _ => {
+            tracing::warn!(backup = %opened.what, "the backup has no saved vCluster config: the archive has no release entry, so `vcluster create --restore` needs the values file given by hand");
+            None
+        }
+    };
+    let scratch_parent = match &target {
+        Target::File(path) => parent_dir(path).to_path_buf(),
+        _ => std::env::temp_dir(),
+    };
+    let what = opened.what.clone();
+    let has_release = release.is_some();
+    let keys = match target {
+        Target::File(path) => {
+            let force = options.force;
+            tokio::task::spawn_blocking(move || -> Result<u64> {
+                let dir = parent_dir(&path);
+                let file_name = path
+                    .file_name()
+                    .with_context(|| format!("write {}: not a file path", path.display()))?;
+                // Owner-only: the archive holds every secret of the virtual cluster.
+                let temp = tempfile::Builder::new()
+                    .prefix(&format!(".{}.vcbackup-", file_name.to_string_lossy()))
+                    .tempfile_in(dir)
+                    .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+                let out = io::BufWriter::with_capacity(1 << 20, temp.as_file());
+                let keys = produce(opened, identities, release, &scratch_parent, out)?;
+                temp.as_file()
+                    .sync_all()
+                    .with_context(|| format!("write {}", temp.path().display()))?;
+                let persisted = if force {
+                    temp.persist(&path).map(drop)
+                } else {
+                    temp.persist_noclobber(&path).map(drop)
+                };
+                persisted
+                    .map_err(|err| err.error)
+                    .with_context(|| format!("move the archive to {}", path.display()))?;
+                Ok(keys)
+            })
+            .await
+            .context("export panicked")??
+        }
+        Target::Stdout => tokio::task::spawn_blocking(move || -> Result<u64> {
+            produce(
+                opened,
+                identities,
+                release,
+                &scratch_parent,
+                io::stdout().lock(),
+            )
+        })
+        .await
+        .context("export panicked")??,
+        Target::S3 { storage, key } => {
+            if options.force {
+                storage.delete(&key).await?;
+            }
+            let (writer, body) = body_channel(CHUNK_SIZE, CHUNK_DEPTH);
+            let producer = tokio::task::spawn_blocking(move || -> Result<u64> {
+                let mut writer = writer;
+                let keys = produce(opened, identities, release, &scratch_parent, &mut writer)?;
+                writer.finish().context("hand the archive to storage")?;
+                Ok(keys)
+            });
+            let (produced, uploaded) = tokio::join!(producer, storage.put(&key, body));
+            let produced = produced.context("export panicked").and_then(|r| r);
+            match (produced, uploaded) {
+                (Ok(keys), Ok(())) => keys,
+                (_, Err(err)) if err.is::<ObjectExists>() => {
+                    return Err(err.context(format!(
+                        "store {key} in {}: pass --force to replace it",
+                        storage.location()
+                    )));
+                }
+                // When storage fails, the producer only sees a closed channel.
+                (_, Err(err)) if !IncompleteBody::is_cause_of(&err) => {
+                    return Err(err.context(format!("store {key} in {}", storage.location())));
+                }
+                (Err(err), _) => return Err(err),
+                (Ok(_), Err(err)) => return Err(err),
+            }
+        }
+    };
+    Ok(Exported {
+        backup: what,
+        keys,
+        release: has_release,
+    })
+}
+
+enum Target {
+    File(PathBuf),
+    Stdout,
+    S3 {
+        storage: Box<dyn Storage>,
+        key: String,
+    },
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// `s3://BUCKET/DIR/NAME.tar.gz?options` as a storage whose folder is `DIR`'s
+/// last segment, and the object name.
+async fn open_s3_target(text: &str) -> Result<(Box<dyn Storage>, String)> {
+    let invalid = |why: &str| anyhow!("invalid --to {text:?}: {why}");
+    let url = url::Url::parse(text).map_err(|err| invalid(&err.to_string()))?;
+    if url.scheme() != "s3" {
+        return Err(invalid("expected s3://BUCKET/DIR/NAME.tar.gz"));
+    }
+    let path = url.path().trim_start_matches('/');
+    let (dir, key) = path
+        .rsplit_once('/')
+        .ok_or_else(|| invalid("put the archive in a folder: s3://BUCKET/DIR/NAME.tar.gz"))?;
+    if !key.ends_with(".tar.gz") || key.starts_with('.') {
+        return Err(invalid(
+            "the object name must end in .tar.gz, as `vcluster snapshot list` shows only those",
+        ));
+    }
+    let (prefix, folder) = dir.rsplit_once('/').unwrap_or(("", dir));
+    if folder.is_empty() {
+        return Err(invalid("empty folder name"));
+    }
+    let mut destination = format!("s3://{}/{prefix}", url.host_str().unwrap_or_default());
+    if let Some(query) = url.query() {
+        destination = format!("{destination}?{query}");
+    }
+    let destination = Destination::parse(&destination).with_context(|| format!("--to {text}"))?;
+    let storage = destination.open(folder).await?;
+    Ok((storage, key.to_string()))
+}
+
+async fn open_stored(
+    storage: &dyn Storage,
+    selector: &Selector,
+    identities: Option<&Identities>,
+) -> Result<Opened> {
+    let backups = catalog::list_backups(storage).await?;
+    let manifest = catalog::select(&backups, selector, &storage.location())?.clone();
+    let config = match &manifest.config {
+        Some(saved) => {
+            let sealed = storage::get_bytes(storage, &saved.name, CONFIG_MAX_BYTES).await?;
+            Some(open_config(&sealed, &manifest, identities, &saved.name)?)
+        }
+        None => None,
+    };
+    let reader = storage.get(&manifest.name).await?;
+    tracing::info!(backup = %manifest.name, "exporting");
+    Ok(Opened {
+        reader: Box::new(SyncIoBridge::new(reader)),
+        what: manifest.name.clone(),
+        manifest: Some(manifest),
+        config,
+    })
+}
+
+fn open_file(path: &Path, identities: Option<&Identities>) -> Result<Opened> {
+    let what = path.display().to_string();
+    let manifest = read_manifest_beside(path)?;
+    let config = match manifest
+        .as_ref()
+        .and_then(|m| m.config.as_ref().map(|c| (m, c)))
+    {
+        Some((manifest, saved)) => {
+            let config_path = parent_dir(path).join(&saved.name);
+            match std::fs::File::open(&config_path) {
+                Ok(file) => {
+                    let mut sealed = Vec::new();
+                    file.take(CONFIG_MAX_BYTES + 1)
+                        .read_to_end(&mut sealed)
+                        .with_context(|| format!("read {}", config_path.display()))?;
+                    Some(open_config(
+                        &sealed,
+                        manifest,
+                        identities,
+                        &config_path.display().to_string(),
+                    )?)
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    tracing::warn!(config = %config_path.display(), "the backup's vCluster config was not downloaded beside it");
+                    None
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("open {}", config_path.display()));
+                }
+            }
+        }
+        None => None,
+    };
+    if manifest.is_none() {
+        tracing::info!(
+            "no manifest beside {what}: relying on age authentication and the zstd checksum"
+        );
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("open backup {what}"))?;
+    Ok(Opened {
+        reader: Box::new(file),
+        manifest,
+        config,
+        what,
+    })
+}
+
+/// Decrypts a saved config and checks it against the manifest.
+pub fn open_config(
+    sealed: &[u8],
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let saved = manifest
+        .config
+        .as_ref()
+        .with_context(|| format!("backup {} has no saved vCluster config", manifest.name))?;
+    if sealed.len() as u64 > CONFIG_MAX_BYTES {
+        bail!("read {what}: larger than {CONFIG_MAX_BYTES} bytes, not a saved config");
+    }
+    let mut yaml = Hashing::new(Vec::new());
+    let mut plaintext = unseal(sealed, identities, what)?;
+    io::copy(&mut plaintext, &mut yaml)
+        .map_err(|err| anyhow!("read {what}: truncated or corrupt ({err})"))?;
+    let (fingerprint, yaml) = yaml.finish();
+    if fingerprint.sha256 != saved.sha256 || fingerprint.size != saved.size {
+        bail!(
+            "verify {what}: the config (SHA-256 {}, {} bytes) does not match its manifest (SHA-256 {}, {} bytes)",
+            fingerprint.sha256,
+            fingerprint.size,
+            saved.sha256,
+            saved.size
+        );
+    }
+    Ok(yaml)
+}
+
+fn read_manifest_beside(path: &Path) -> Result<Option<Manifest>> {
+    let mut manifest_path = path.as_os_str().to_owned();
+    manifest_path.push(manifest_key(""));
+    let manifest_path = PathBuf::from(manifest_path);
+    let shown = manifest_path.display().to_string();
+    match std::fs::File::open(&manifest_path) {
+        Ok(file) => {
+            let mut data = Vec::new();
+            file.take(MANIFEST_MAX_BYTES + 1)
+                .read_to_end(&mut data)
+                .with_context(|| format!("read manifest {shown}"))?;
+            if data.len() as u64 > MANIFEST_MAX_BYTES {
+                bail!("read manifest {shown}: too large to be a manifest");
+            }
+            Manifest::from_json(&data, &shown).map(Some)
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("read manifest {shown}")),
+    }
+}
+
+/// The release entry's JSON, as vCluster's Go struct encodes it: `values` is
+/// bytes in Go, so base64 in JSON.
+fn release_json(manifest: &Manifest, yaml: &[u8]) -> Result<Vec<u8>> {
+    let release = manifest
+        .config
+        .as_ref()
+        .map(|c| c.release.clone())
+        .unwrap_or_default();
+    let name = if release.name.is_empty() {
+        manifest.vcluster.clone()
+    } else {
+        release.name
+    };
+    let chart_name = if release.chart_name.is_empty() {
+        "vcluster".to_string()
+    } else {
+        release.chart_name
+    };
+    if release.chart_version.is_empty() {
+        tracing::warn!(backup = %manifest.name, "the backup does not record the chart version: `vcluster create --restore` uses its default chart");
+    }
+    let json = serde_json::json!({
+        "releaseName": name,
+        "releaseNamespace": release.namespace,
+        "chartName": chart_name,
+        "chartVersion": release.chart_version,
+        "values": base64::engine::general_purpose::STANDARD.encode(yaml),
+    });
+    serde_json::to_vec(&json).context("encode the release entry")
+}
+
+/// Decrypts the backup into a private scratch directory, checks it, and writes
+/// the archive to `out`. Returns the number of keys.
+fn produce(
+    opened: Opened,
+    identities: Option<Identities>,
+    release: Option<Vec<u8>>,
+    scratch_parent: &Path,
+    out: impl Write,
+) -> Result<u64> {
+    let Opened {
+        reader,
+        manifest,
+        what,
+        ..
+    } = opened;
+    // A directory only we can enter: the plaintext is the whole store.
+    let scratch = tempfile::Builder::new()
+        .prefix(".vcbackup-export-")
+        .tempdir_in(scratch_parent)
+        .with_context(|| format!("create a working directory in {}", scratch_parent.display()))?;
+    let plain = scratch.path().join("backup");
+    {
+        let mut input = unseal(reader, identities.as_ref(), &what)?;
+        let mut file = Hashing::new(io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&plain).with_context(|| format!("create {}", plain.display()))?,
+        ));
+        copy(&mut input, &mut file, &what)?;
+        let (fingerprint, writer) = file.finish();
+        writer
+            .into_inner()
+            .map_err(|err| err.into_error())
+            .with_context(|| format!("write {}", plain.display()))?;
+        if let Some(manifest) = &manifest
+            && (fingerprint.sha256 != manifest.sha256 || fingerprint.size != manifest.size)
+        {
+            bail!(
+                "verify {what}: the decrypted backup (SHA-256 {}, {} bytes) does not match its manifest (SHA-256 {}, {} bytes)",
+                fingerprint.sha256,
+                fingerprint.size,
+                manifest.sha256,
+                manifest.size
+            );
+        }
+    }
+    let pairs = KeyValues::open(&plain, scratch.path()).with_context(|| format!("read {what}"))?;
+    if pairs.kind() == SourceKind::Etcd && manifest.is_none() {
+        let file =
+            std::fs::File::open(&plain).with_context(|| format!("open {}", plain.display()))?;
+        crate::source::verify_snapshot_digest(io::BufReader::new(file))
+            .with_context(|| format!("check {what}"))?;
+    }
+    let mtime = manifest
+        .as_ref()
+        .map_or(0, |m| m.started.timestamp().max(0) as u64);
+    write_archive(out, release.as_deref(), pairs, mtime).with_context(|| format!("export {what}"))
+}
+
+fn copy(input: &mut impl Read, out: &mut impl Write, what: &str) -> Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => bail!("read {what}: the backup is truncated or corrupt ({err})"),
+        };
+        out.write_all(&buf[..n])
+            .context("write the decrypted backup")?;
+        total += n as u64;
+    }
+}
+
+/// gzip(tar): the release entry, then every pair but vCluster's own
+/// `/vcluster/snapshot/` keys. Returns the number of keys written.
+pub fn write_archive(
+    out: impl Write,
+    release: Option<&[u8]>,
+    pairs: impl Iterator<Item = Result<Pair>>,
+    mtime: u64,
+) -> Result<u64> {
+    let gzip = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
+    let mut tar = tar::Builder::new(gzip);
+    if let Some(release) = release {
+        append(&mut tar, RELEASE_ENTRY, release, mtime)?;
+    }
+    let mut keys = 0;
+    for pair in pairs {
+        let pair = pair?;
+        // A store restored by vCluster up to v0.36 holds the release entry as a
+        // key; it must not come twice, or after the keys.
+        if pair.key.starts_with(SNAPSHOT_PREFIX) {
+            continue;
+        }
+        append(&mut tar, &pair.key, &pair.value, mtime)?;
+        keys += 1;
+    }
+    let gzip = tar.into_inner().context("finish the archive")?;
+    let mut out = gzip.finish().context("finish the archive")?;
+    out.flush().context("write the archive")?;
+    Ok(keys)
+}
+
+/// One regular file, mode 0666, named by `name` exactly. The tar crate's
+/// `set_path` refuses absolute names, so the name goes into the header bytes;
+/// a name over 100 bytes gets a GNU long-name entry first, as GNU tar writes it.
+fn append<W: Write>(tar: &mut tar::Builder<W>, name: &[u8], data: &[u8], mtime: u64) -> Result<()> {
+    if name.is_empty() || name.contains(&0) {
+        bail!(
+            "key {:?} cannot be a tar entry name (empty or holding a NUL byte)",
+            String::from_utf8_lossy(name)
+        );
+    }
+    const NAME_FIELD: usize = 100;
+    let shown = || String::from_utf8_lossy(name).into_owned();
+    if name.len() > NAME_FIELD {
+        let mut long = header(b"././@LongLink", name.len() as u64 + 1, 0, 0o644)?;
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_cksum();
+        tar.append(&long, name.chain(&[0u8][..]))
+            .with_context(|| format!("write key {}", shown()))?;
+    }
+    let mut entry = header(
+        &name[..name.len().min(NAME_FIELD)],
+        data.len() as u64,
+        mtime,
+        0o666,
+    )?;
+    entry.set_entry_type(tar::EntryType::Regular);
+    entry.set_cksum();
+    tar.append(&entry, data)
+        .with_context(|| format!("write key {}", shown()))
+}
+
+fn header(name: &[u8], size: u64, mtime: u64, mode: u32) -> Result<tar::Header> {
+    let mut header = tar::Header::new_gnu();
+    let gnu = header
+        .as_gnu_mut()
+        .context("a new GNU tar header is not in GNU format")?;
+    gnu.name[..name.len()].copy_from_slice(name);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(mtime);
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_kept_exactly_long_ones_too() {
+        let long = format!("/registry/{}", "x".repeat(300));
+        let pairs = vec![
+            Ok(Pair {
+                key: b"/registry/a".to_vec(),
+                value: b"one".to_vec(),
+            }),
+            Ok(Pair {
+                key: b"/vcluster/snapshot/release".to_vec(),
+                value: b"stale".to_vec(),
+            }),
+            Ok(Pair {
+                key: long.clone().into_bytes(),
+                value: vec![0, 1, 2],
+            }),
+        ];
+        let mut archive = Vec::new();
+        let keys = write_archive(&mut archive, Some(b"{}"), pairs.into_iter(), 7).unwrap();
+        assert_eq!(keys, 2);
+        let mut reader = tar::Archive::new(flate2::read::GzDecoder::new(&archive[..]));
+        let entries: Vec<(Vec<u8>, Vec<u8>, u32)> = reader
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path_bytes().into_owned();
+                let mode = e.header().mode().unwrap();
+                let mut body = Vec::new();
+                e.read_to_end(&mut body).unwrap();
+                (name, body, mode)
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (RELEASE_ENTRY.to_vec(), b"{}".to_vec(), 0o666),
+                (b"/registry/a".to_vec(), b"one".to_vec(), 0o666),
+                (long.into_bytes(), vec![0, 1, 2], 0o666),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_with_a_nul_byte_is_refused() {
+        let pairs = vec![Ok(Pair {
+            key: b"/a\0b".to_vec(),
+            value: Vec::new(),
+        })];
+        let err = write_archive(Vec::new(), None, pairs.into_iter(), 0).unwrap_err();
+        assert!(format!("{err:#}").contains("NUL"), "{err:#}");
+    }
+}
