@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::State;
+use crate::state::State;
 
 pub async fn bind(addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)

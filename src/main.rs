@@ -18,7 +18,9 @@ mod pipeline;
 mod restore;
 mod retention;
 mod schedule;
+mod shutdown;
 mod source;
+mod state;
 mod storage;
 mod vconfig;
 

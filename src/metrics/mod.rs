@@ -1,29 +1,56 @@
 //! Every Prometheus metric the agent exports, in one place, with bounded
-//! labels: results and stages are fixed sets, never error text.
+//! labels: results and stages are fixed sets (enums), never error text.
+//! Callers record what happened (`record_success`, `record_failure`, …);
+//! no caller names a metric or formats a label.
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::backup::Stage;
+use crate::manifest::Manifest;
+
+/// How a backup attempt ended: the `result` label of `vcbackup_backups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Failed at a stage, counted in `vcbackup_backup_failures_total` too.
+    Failure,
+    /// Cut off by the shutdown deadline: not the backup's fault, so neither a
+    /// failure of any stage nor the last failure in /status.
+    Aborted,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Success, Outcome::Failure, Outcome::Aborted];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
-    pub backups: IntCounterVec,
-    pub failures: IntCounterVec,
-    pub last_success: Gauge,
-    pub last_attempt: Gauge,
-    pub next_run: Gauge,
-    pub in_progress: IntGauge,
-    pub duration: Histogram,
-    pub last_size: GaugeVec,
-    pub retention_deleted: IntCounter,
-    pub snapshots_stored: IntGauge,
-    pub skipped_runs: IntCounter,
-    pub schedule_interval: Gauge,
-    pub standby: IntGauge,
+    backups: IntCounterVec,
+    failures: IntCounterVec,
+    last_success: Gauge,
+    last_attempt: Gauge,
+    next_run: Gauge,
+    in_progress: IntGauge,
+    duration: Histogram,
+    last_size: GaugeVec,
+    retention_deleted: IntCounter,
+    snapshots_stored: IntGauge,
+    skipped_runs: IntCounter,
+    schedule_interval: Gauge,
+    standby: IntGauge,
 }
 
 impl Metrics {
@@ -93,8 +120,8 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         // Every label value exists from the start, so increase() sees the first failure.
-        for result in ["success", "failure"] {
-            backups.with_label_values(&[result]);
+        for outcome in Outcome::ALL {
+            backups.with_label_values(&[outcome.label()]);
         }
         for stage in Stage::ALL {
             failures.with_label_values(&[stage.as_str()]);
@@ -149,6 +176,79 @@ impl Metrics {
         })
     }
 
+    /// A backup attempt starts now.
+    pub fn record_attempt(&self, started: DateTime<Utc>) {
+        self.last_attempt.set(started.timestamp() as f64);
+        self.in_progress.set(1);
+    }
+
+    /// A backup was stored, after `seconds`.
+    pub fn record_success(&self, manifest: &Manifest, seconds: f64) {
+        self.in_progress.set(0);
+        self.backups
+            .with_label_values(&[Outcome::Success.label()])
+            .inc();
+        self.last_success.set(manifest.finished.timestamp() as f64);
+        self.duration.observe(seconds);
+        self.last_size
+            .with_label_values(&["source"])
+            .set(manifest.size as f64);
+        self.last_size
+            .with_label_values(&["stored"])
+            .set(manifest.stored_size as f64);
+    }
+
+    /// Something failed at `stage`. A retention failure follows a stored
+    /// backup, so it is no failed backup.
+    pub fn record_failure(&self, stage: Stage) {
+        self.in_progress.set(0);
+        if stage != Stage::Retention {
+            self.backups
+                .with_label_values(&[Outcome::Failure.label()])
+                .inc();
+        }
+        self.failures.with_label_values(&[stage.as_str()]).inc();
+    }
+
+    /// A backup was cut off by the shutdown deadline (see [`Outcome::Aborted`]).
+    pub fn record_aborted(&self) {
+        self.in_progress.set(0);
+        self.backups
+            .with_label_values(&[Outcome::Aborted.label()])
+            .inc();
+    }
+
+    /// The newest backup in storage finished at `finished`: read at start, and
+    /// while another replica's agent takes the backups.
+    pub fn record_newest_stored(&self, finished: DateTime<Utc>) {
+        self.last_success.set(finished.timestamp() as f64);
+    }
+
+    pub fn record_stored_count(&self, count: usize) {
+        self.snapshots_stored.set(count as i64);
+    }
+
+    pub fn record_retention_deleted(&self, count: usize) {
+        self.retention_deleted.inc_by(count as u64);
+    }
+
+    pub fn record_next_run(&self, at: DateTime<Utc>) {
+        self.next_run.set(at.timestamp() as f64);
+    }
+
+    pub fn record_skipped_runs(&self, count: u64) {
+        self.skipped_runs.inc_by(count);
+    }
+
+    pub fn record_schedule_interval(&self, interval: chrono::TimeDelta) {
+        self.schedule_interval
+            .set(interval.num_milliseconds() as f64 / 1000.0);
+    }
+
+    pub fn record_standby(&self, standing_by: bool) {
+        self.standby.set(i64::from(standing_by));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Result<(String, Vec<u8>)> {
         let encoder = TextEncoder::new();
@@ -158,142 +258,8 @@ impl Metrics {
     }
 }
 
-/// The standard `process_*` metrics, read from /proc at each scrape.
-/// prometheus' own collector divides CPU ticks by CLK_TCK in integers (0.26 s
-/// of CPU showed as 0) and truncates the start time to whole seconds.
 #[cfg(target_os = "linux")]
-mod process {
-    use std::sync::Mutex;
-
-    use anyhow::Result;
-    use procfs::process::{LimitValue, Process};
-    use prometheus::core::{Collector, Desc};
-    use prometheus::proto::MetricFamily;
-    use prometheus::{Counter, Gauge, IntGauge};
-
-    pub struct ProcessCollector {
-        descs: Vec<Desc>,
-        cpu: Counter,
-        open_fds: IntGauge,
-        max_fds: IntGauge,
-        virtual_memory: IntGauge,
-        resident_memory: IntGauge,
-        start_time: Gauge,
-        threads: IntGauge,
-        /// The CPU counter moves by the difference to /proc: two scrapes at once must not both add it.
-        collecting: Mutex<()>,
-    }
-
-    impl ProcessCollector {
-        pub fn new() -> Result<Self> {
-            let cpu = Counter::new(
-                "process_cpu_seconds_total",
-                "Total user and system CPU time spent in seconds.",
-            )?;
-            let open_fds = IntGauge::new("process_open_fds", "Number of open file descriptors.")?;
-            let max_fds = IntGauge::new(
-                "process_max_fds",
-                "Maximum number of open file descriptors.",
-            )?;
-            let virtual_memory = IntGauge::new(
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes.",
-            )?;
-            let resident_memory = IntGauge::new(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-            )?;
-            let start_time = Gauge::new(
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds.",
-            )?;
-            let threads = IntGauge::new("process_threads", "Number of OS threads in the process.")?;
-            // Fixed for the process's life: read once. Without /proc it stays 0, like the rest.
-            if let (Ok(stat), Ok(boot)) = (
-                Process::myself().and_then(|p| p.stat()),
-                procfs::boot_time_secs(),
-            ) {
-                start_time.set(boot as f64 + ticks_to_seconds(stat.starttime));
-            }
-            let mut descs = Vec::new();
-            for collector in [
-                &cpu as &dyn Collector,
-                &open_fds,
-                &max_fds,
-                &virtual_memory,
-                &resident_memory,
-                &start_time,
-                &threads,
-            ] {
-                descs.extend(collector.desc().into_iter().cloned());
-            }
-            Ok(ProcessCollector {
-                descs,
-                cpu,
-                open_fds,
-                max_fds,
-                virtual_memory,
-                resident_memory,
-                start_time,
-                threads,
-                collecting: Mutex::new(()),
-            })
-        }
-    }
-
-    fn ticks_to_seconds(ticks: u64) -> f64 {
-        ticks as f64 / procfs::ticks_per_second() as f64
-    }
-
-    impl Collector for ProcessCollector {
-        fn desc(&self) -> Vec<&Desc> {
-            self.descs.iter().collect()
-        }
-
-        fn collect(&self) -> Vec<MetricFamily> {
-            let _collecting = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
-            // A scrape never fails for a missing /proc file: that metric keeps its last value.
-            if let Ok(me) = Process::myself() {
-                if let Ok(stat) = me.stat() {
-                    let cpu = ticks_to_seconds(stat.utime + stat.stime);
-                    let delta = cpu - self.cpu.get();
-                    if delta > 0.0 {
-                        self.cpu.inc_by(delta);
-                    }
-                    self.virtual_memory
-                        .set(i64::try_from(stat.vsize).unwrap_or(i64::MAX));
-                    self.resident_memory.set(
-                        i64::try_from(stat.rss.saturating_mul(procfs::page_size()))
-                            .unwrap_or(i64::MAX),
-                    );
-                    self.threads.set(stat.num_threads);
-                }
-                if let Ok(count) = me.fd_count() {
-                    self.open_fds.set(i64::try_from(count).unwrap_or(i64::MAX));
-                }
-                if let Ok(limits) = me.limits() {
-                    self.max_fds.set(match limits.max_open_files.soft_limit {
-                        LimitValue::Value(max) => i64::try_from(max).unwrap_or(i64::MAX),
-                        LimitValue::Unlimited => i64::MAX,
-                    });
-                }
-            }
-            let mut families = Vec::with_capacity(7);
-            for collector in [
-                &self.cpu as &dyn Collector,
-                &self.open_fds,
-                &self.max_fds,
-                &self.virtual_memory,
-                &self.resident_memory,
-                &self.start_time,
-                &self.threads,
-            ] {
-                families.extend(collector.collect());
-            }
-            families
-        }
-    }
-}
+mod process;
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {

@@ -1,0 +1,45 @@
+//! SIGTERM and SIGINT, and the deadline they start: no new backup begins
+//! after the signal, and a running one gets `--shutdown-timeout` to finish.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub struct Shutdown {
+    pub token: CancellationToken,
+    signalled: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Shutdown {
+    pub fn listen() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+        let token = CancellationToken::new();
+        let signalled = Arc::new(Mutex::new(None));
+        let (t, at) = (token.clone(), Arc::clone(&signalled));
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            *at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            tracing::info!("{name}: stopping; no new backups will start");
+            t.cancel();
+        });
+        Ok(Shutdown { token, signalled })
+    }
+
+    pub fn requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// When a running backup must be done: `budget` after the signal.
+    pub fn deadline(&self, budget: Duration) -> Instant {
+        let signalled = *self.signalled.lock().unwrap_or_else(|e| e.into_inner());
+        signalled.unwrap_or_else(Instant::now) + budget
+    }
+}
