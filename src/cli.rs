@@ -3,12 +3,14 @@
 //! Arguments are checked and turned into typed values (`resolve`) before
 //! anything runs.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::catalog::Selector;
@@ -17,7 +19,7 @@ use crate::pipeline::{Compression, Identities, Recipients, Sealing};
 use crate::retention::RetentionPolicy;
 use crate::schedule::{self, Schedule};
 use crate::source::{EtcdOptions, EtcdTls, HaMode, SourceConfig, SourceSpec};
-use crate::storage::Destination;
+use crate::storage::{Destination, Storage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -222,17 +224,17 @@ pub struct RunArgs {
 
     /// When to back up: 5-field cron (`0 */12 * * *`), `@hourly`, `@daily`, `@weekly`, or
     /// `@every 15m`.
-    #[arg(long, env = "VCBACKUP_SCHEDULE", default_value = "@hourly")]
-    pub schedule: String,
+    #[arg(long, env = "VCBACKUP_SCHEDULE", default_value = "@hourly", value_parser = Schedule::parse)]
+    pub schedule: Schedule,
 
     /// The IANA time zone the schedule is read in (e.g. `Europe/Berlin`).
-    #[arg(long, env = "VCBACKUP_TIMEZONE", default_value = "UTC")]
-    pub timezone: String,
+    #[arg(long, env = "VCBACKUP_TIMEZONE", default_value = "UTC", value_parser = schedule::parse_timezone)]
+    pub timezone: Tz,
 
     /// Delay each run by a random amount up to this (e.g. `5m`), so many virtual clusters on
     /// one schedule do not hit storage at the same second.
-    #[arg(long, env = "VCBACKUP_JITTER", default_value = "0s")]
-    pub jitter: String,
+    #[arg(long, env = "VCBACKUP_JITTER", default_value = "0s", value_name = "DURATION", value_parser = schedule::parse_duration)]
+    pub jitter: Duration,
 
     /// Do not take a backup at start when the newest one is older than one schedule interval.
     #[arg(long, env = "VCBACKUP_NO_CATCH_UP")]
@@ -241,14 +243,19 @@ pub struct RunArgs {
     #[command(flatten)]
     pub retention: RetentionArgs,
 
-    /// Address for /metrics, /livez, /readyz and /status.
-    #[arg(long, env = "VCBACKUP_LISTEN", default_value = "0.0.0.0:9464")]
-    pub listen: String,
+    /// Address (IP:PORT) for /metrics, /livez, /readyz and /status.
+    #[arg(
+        long,
+        env = "VCBACKUP_LISTEN",
+        default_value = "0.0.0.0:9464",
+        value_name = "IP:PORT"
+    )]
+    pub listen: SocketAddr,
 
     /// After SIGTERM, how long a running backup may take to finish before it is aborted
     /// (the vCluster chart grants the pod 10s).
-    #[arg(long, env = "VCBACKUP_SHUTDOWN_TIMEOUT", default_value = "8s")]
-    pub shutdown_timeout: String,
+    #[arg(long, env = "VCBACKUP_SHUTDOWN_TIMEOUT", default_value = "8s", value_name = "DURATION", value_parser = schedule::parse_duration)]
+    pub shutdown_timeout: Duration,
 
     /// Take a final backup on SIGTERM, within --shutdown-timeout (sleep mode scales the pod to zero).
     #[arg(long, env = "VCBACKUP_BACKUP_ON_SHUTDOWN")]
@@ -284,8 +291,8 @@ pub struct SweepArgs {
     /// `.partial-*` files in a directory destination, that an agent killed mid-backup left and
     /// that started (S3) or were last written (directory) longer ago than this. Keep it longer
     /// than any backup takes: a running S3 upload that is older is aborted too.
-    #[arg(long, env = "VCBACKUP_ABORT_UPLOADS_AFTER", default_value = "24h")]
-    pub abort_uploads_after: String,
+    #[arg(long, env = "VCBACKUP_ABORT_UPLOADS_AFTER", default_value = "24h", value_name = "DURATION", value_parser = parse_age)]
+    pub abort_uploads_after: chrono::TimeDelta,
 }
 
 #[derive(Debug, Args)]
@@ -350,8 +357,8 @@ pub struct RestoreArgs {
     pub backup: String,
 
     /// Restore the newest backup taken at or before this time (RFC 3339, e.g. 2026-11-20T08:00:00Z).
-    #[arg(long, env = "VCBACKUP_RESTORE_AT", value_name = "TIME")]
-    pub at: Option<String>,
+    #[arg(long, env = "VCBACKUP_RESTORE_AT", value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<DateTime<Utc>>,
 
     /// The file to write: kine's state.db (stop the control plane first), or for an etcd backup
     /// the snapshot file for `etcdutl snapshot restore`.
@@ -389,8 +396,8 @@ pub struct ExportArgs {
     pub backup: Option<String>,
 
     /// Export the newest backup taken at or before this time (RFC 3339).
-    #[arg(long, env = "VCBACKUP_EXPORT_AT", value_name = "TIME")]
-    pub at: Option<String>,
+    #[arg(long, env = "VCBACKUP_EXPORT_AT", value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<DateTime<Utc>>,
 
     /// A downloaded backup file (`….zst.age`) instead of one in the destination; its manifest
     /// (`FILE.json`) and saved config are read from beside it when there.
@@ -442,7 +449,7 @@ impl ExportArgs {
     }
 
     /// The backup to export, in storage (`None`: the file given by --input).
-    pub fn stored(&self) -> Result<Option<(Target, Selector)>> {
+    pub fn stored(&self) -> Result<Option<(StorageArgs, Selector)>> {
         if let Some(input) = &self.input {
             if self.backup.is_some() || self.at.is_some() {
                 bail!(
@@ -459,9 +466,9 @@ impl ExportArgs {
             destination,
             name: self.name.clone(),
         };
-        let at = self.at.as_deref().map(parse_time).transpose()?;
-        let selector = Selector::new(Some(self.backup.as_deref().unwrap_or("latest")), at)?;
-        Ok(Some((storage.resolve()?, selector)))
+        let selector = Selector::new(Some(self.backup.as_deref().unwrap_or("latest")), self.at)?;
+        storage.resolve()?;
+        Ok(Some((storage, selector)))
     }
 }
 
@@ -472,6 +479,13 @@ pub struct Target {
 }
 
 impl StorageArgs {
+    /// Checks the destination and name, then opens that virtual cluster's storage.
+    pub async fn open(&self) -> Result<(Target, Box<dyn Storage>)> {
+        let target = self.resolve()?;
+        let storage = target.destination.open(&target.vcluster).await?;
+        Ok((target, storage))
+    }
+
     pub fn resolve(&self) -> Result<Target> {
         let destination = Destination::parse(&self.destination)?;
         let vcluster = match &self.name {
@@ -546,25 +560,15 @@ impl RetentionArgs {
     }
 }
 
-impl SweepArgs {
-    /// How old an unfinished upload must be before it is aborted.
-    pub fn stale_upload_age(&self) -> Result<chrono::TimeDelta> {
-        let age =
-            schedule::parse_duration(&self.abort_uploads_after).context("--abort-uploads-after")?;
-        chrono::TimeDelta::from_std(age).with_context(|| {
-            format!(
-                "--abort-uploads-after {}: too long",
-                self.abort_uploads_after
-            )
-        })
-    }
+/// A duration as an age to subtract from the wall clock.
+fn parse_age(text: &str) -> Result<chrono::TimeDelta> {
+    let age = schedule::parse_duration(text)?;
+    chrono::TimeDelta::from_std(age).with_context(|| format!("{text:?} is too long"))
 }
 
 impl RunArgs {
     pub fn resolve(self) -> Result<DaemonConfig> {
         let target = self.backup.storage.resolve()?;
-        let timeout = schedule::parse_duration(&self.shutdown_timeout)
-            .with_context(|| "--shutdown-timeout".to_string())?;
         let source = SourceConfig {
             ha: self.ha,
             ..self.backup.source()?
@@ -573,14 +577,14 @@ impl RunArgs {
             source,
             sealing: self.backup.sealing.resolve()?,
             destination: target.destination,
-            schedule: Schedule::parse(&self.schedule)?,
-            timezone: schedule::parse_timezone(&self.timezone)?,
-            jitter: schedule::parse_duration(&self.jitter).context("--jitter")?,
+            schedule: self.schedule,
+            timezone: self.timezone,
+            jitter: self.jitter,
             catch_up: !self.no_catch_up,
             retention: self.retention.policy(),
-            stale_upload_age: self.retention.sweep.stale_upload_age()?,
+            stale_upload_age: self.retention.sweep.abort_uploads_after,
             listen: self.listen,
-            shutdown_timeout: timeout,
+            shutdown_timeout: self.shutdown_timeout,
             backup_on_shutdown: self.backup_on_shutdown,
             vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
             vcluster: target.vcluster,
@@ -596,8 +600,7 @@ impl IdentityArgs {
 
 impl RestoreArgs {
     pub fn selector(&self) -> Result<Selector> {
-        let at = self.at.as_deref().map(parse_time).transpose()?;
-        Selector::new(Some(&self.backup), at)
+        Selector::new(Some(&self.backup), self.at)
     }
 }
 

@@ -40,14 +40,14 @@ pub struct DaemonConfig {
     pub retention: RetentionPolicy,
     /// Unfinished uploads older than this are aborted after each backup.
     pub stale_upload_age: chrono::TimeDelta,
-    pub listen: String,
+    pub listen: SocketAddr,
     pub shutdown_timeout: Duration,
     pub backup_on_shutdown: bool,
     pub vcluster_config: ConfigSource,
 }
 
 pub async fn run(config: DaemonConfig) -> Result<()> {
-    let listener = crate::http::bind(&config.listen).await?;
+    let listener = crate::http::bind(config.listen).await?;
     let state = Arc::new(State::new(
         &config.vcluster,
         config.destination.to_string(),
@@ -65,14 +65,13 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         state.metrics.record_schedule_interval(interval);
     }
     state.set_ready();
-    let address: Option<SocketAddr> = config.listen.parse().ok();
     tracing::info!(
         vcluster = %config.vcluster,
         source = %config.source.spec,
         destination = %config.destination,
         schedule = %config.schedule,
         timezone = %config.timezone.name(),
-        listen = ?address.map_or(config.listen.clone(), |a| a.to_string()),
+        listen = %config.listen,
         "agent started"
     );
 

@@ -51,6 +51,16 @@ pub enum Output {
     S3(String),
 }
 
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::File(path) => write!(f, "{}", path.display()),
+            Output::Stdout => f.write_str("standard output"),
+            Output::S3(url) => f.write_str(url),
+        }
+    }
+}
+
 pub struct ExportOptions {
     pub output: Output,
     pub force: bool,

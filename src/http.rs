@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::State;
 
-pub async fn bind(addr: &str) -> Result<TcpListener> {
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("listen on {addr} (--listen)"))

@@ -12,6 +12,7 @@ mod daemon;
 mod export;
 mod http;
 mod keyvalue;
+mod listing;
 mod manifest;
 mod metrics;
 mod pipeline;
@@ -56,261 +57,165 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => daemon::run(args.resolve()?).await,
-        Command::Backup(args) => {
-            let source = args.backup.source()?;
-            let sealing = args.backup.sealing.resolve()?;
-            let stale_upload_age = args.sweep.stale_upload_age()?;
-            let target = args.backup.storage.resolve()?;
-            let vcluster_config = args.backup.vcluster_config.source(&target.vcluster);
-            let storage = target.destination.open(&target.vcluster).await?;
-            let source = tokio::task::spawn_blocking(move || source.open()).await??;
-            let manifest = backup::take_backup(
-                source,
-                sealing,
-                storage.as_ref(),
-                &target.vcluster,
-                &vcluster_config,
-            )
-            .await?;
-            println!("{}", manifest.name);
-            // The backup is stored; a failed clean-up of others' leftovers only warns.
-            let cutoff = chrono::Utc::now() - stale_upload_age;
-            if let Err(err) = storage.abort_stale_uploads(cutoff).await {
-                tracing::warn!("sweeping unfinished uploads: {err:#}");
-            }
-            Ok(())
-        }
-        Command::List(args) => {
-            let target = args.storage.resolve()?;
-            let storage = target.destination.open(&target.vcluster).await?;
-            let backups = catalog::list_backups(storage.as_ref()).await?;
-            match args.output {
-                OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&listing::json(&backups))?
-                ),
-                OutputFormat::Table => print!("{}", listing::table(&backups, chrono::Utc::now())),
-            }
-            Ok(())
-        }
-        Command::Prune(args) => {
-            let policy = args.retention.policy();
-            let stale_upload_age = args.retention.sweep.stale_upload_age()?;
-            let target = args.storage.resolve()?;
-            let storage = target.destination.open(&target.vcluster).await?;
-            let now = chrono::Utc::now();
-            let plan = retention::prune(storage.as_ref(), &policy, now, args.dry_run).await?;
-            let verb = if args.dry_run {
-                "would delete"
-            } else {
-                "deleted"
-            };
-            for (backup, reason) in &plan.delete {
-                println!("{verb} {} ({reason})", backup.name);
-            }
-            for backup in &plan.keep {
-                println!("keep {}", backup.name);
-            }
-            if !args.dry_run {
-                let aborted = storage.abort_stale_uploads(now - stale_upload_age).await?;
-                if aborted > 0 {
-                    println!(
-                        "aborted {aborted} unfinished upload(s) older than {}",
-                        args.retention.sweep.abort_uploads_after
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Decrypt(args) => {
-            let identities = args.identity.load()?;
-            let dash = |p: Option<std::path::PathBuf>| p.filter(|p| p.as_os_str() != "-");
-            let options = restore::DecryptOptions {
-                input: dash(args.input),
-                output: dash(args.output),
-                force: args.force,
-            };
-            tokio::task::spawn_blocking(move || restore::decrypt(identities, &options)).await?
-        }
-        Command::Restore(args) => {
-            let mut selector = args.selector()?;
-            let identities = args.identity.load()?;
-            let target = args.storage.resolve()?;
-            let storage = target.destination.open(&target.vcluster).await?;
-            // The config comes from the very backup restored: pin it by name, and
-            // fetch it first, so a backup without one fails before anything is replaced.
-            let config = match &args.config_out {
-                Some(path) => {
-                    if path.exists() && !args.force {
-                        anyhow::bail!(
-                            "write {}: the file exists; pass --force to replace it",
-                            path.display()
-                        );
-                    }
-                    let backups = catalog::list_backups(storage.as_ref()).await?;
-                    let manifest = catalog::select(&backups, &selector, &storage.location())?;
-                    let saved = manifest.config.as_ref().with_context(|| {
-                        format!(
-                            "--config-out {}: backup {} has no saved vCluster config (taken without /var/lib/vcluster/config.yaml, or by an older vcbackup)",
-                            path.display(),
-                            manifest.name
-                        )
-                    })?;
-                    let sealed =
-                        storage::get_bytes(storage.as_ref(), &saved.name, export::CONFIG_MAX_BYTES)
-                            .await?;
-                    let yaml =
-                        export::open_config(&sealed, manifest, identities.as_ref(), &saved.name)?;
-                    selector = catalog::Selector::Named(manifest.name.clone());
-                    Some((path.clone(), yaml))
-                }
-                None => None,
-            };
-            let options = restore::RestoreOptions {
-                to: args.to,
-                force: args.force,
-                if_missing: args.if_missing,
-                bump_revision: args.bump_revision,
-            };
-            match restore::restore(storage.as_ref(), &selector, identities, &options).await? {
-                restore::Restored::Done(manifest) => {
-                    eprintln!("restored {} to {}", manifest.name, options.to.display());
-                    if let Some((path, yaml)) = config {
-                        vconfig::write_config(&path, &yaml, args.force)?;
-                        eprintln!(
-                            "wrote the vCluster config of {} to {}",
-                            manifest.name,
-                            path.display()
-                        );
-                    }
-                }
-                restore::Restored::Kept => {
-                    eprintln!(
-                        "{} exists; nothing restored (--if-missing)",
-                        options.to.display()
-                    )
-                }
-            }
-            Ok(())
-        }
-        Command::Export(args) => {
-            let output = args.output()?;
-            let identities = args.identity.load()?;
-            let input = match args.stored()? {
-                Some((target, selector)) => export::Input::Stored {
-                    storage: target.destination.open(&target.vcluster).await?,
-                    selector,
-                },
-                None => export::Input::File(args.input.clone().context("no --input")?),
-            };
-            let shown = match (&args.output, &args.to) {
-                (Some(path), _) if path.as_os_str() == "-" => "standard output".to_string(),
-                (Some(path), _) => path.display().to_string(),
-                (None, Some(url)) => url.clone(),
-                (None, None) => String::new(),
-            };
-            let options = export::ExportOptions {
-                output,
-                force: args.force,
-            };
-            let exported = export::export(input, identities, options).await?;
-            eprintln!(
-                "exported {} keys of {} to {shown}{}; the archive is not encrypted",
-                exported.keys,
-                exported.backup,
-                if exported.release {
-                    " with its release entry"
-                } else {
-                    " without a release entry"
-                }
-            );
-            Ok(())
-        }
+        Command::Backup(args) => backup_now(args).await,
+        Command::List(args) => list(args).await,
+        Command::Prune(args) => prune(args).await,
+        Command::Decrypt(args) => decrypt(args).await,
+        Command::Restore(args) => restore(args).await,
+        Command::Export(args) => export(args).await,
     }
 }
 
-mod listing {
-    //! `list` output: a table for people, JSON for scripts.
-
-    use chrono::{DateTime, Utc};
-    use serde_json::{Value, json};
-
-    use crate::manifest::{Manifest, rfc3339};
-
-    pub fn json(backups: &[Manifest]) -> Value {
-        Value::Array(
-            backups
-                .iter()
-                .map(|m| {
-                    json!({
-                        "name": m.name,
-                        "created": rfc3339(m.started),
-                        "kind": m.kind,
-                        "size": m.size,
-                        "stored_size": m.stored_size,
-                        "sha256": m.sha256,
-                        "encrypted": m.encryption.is_some(),
-                        "revision": m.revision,
-                        "vcluster": m.vcluster,
-                        "config": m.config.is_some(),
-                    })
-                })
-                .collect(),
-        )
+/// `backup`: one backup, its name on standard output, then the sweep of what
+/// killed agents left.
+async fn backup_now(args: cli::BackupNowArgs) -> Result<()> {
+    let source = args.backup.source()?;
+    let sealing = args.backup.sealing.resolve()?;
+    let (target, storage) = args.backup.storage.open().await?;
+    let vcluster_config = args.backup.vcluster_config.source(&target.vcluster);
+    let source = tokio::task::spawn_blocking(move || source.open()).await??;
+    let manifest = backup::take_backup(
+        source,
+        sealing,
+        storage.as_ref(),
+        &target.vcluster,
+        &vcluster_config,
+    )
+    .await?;
+    println!("{}", manifest.name);
+    // The backup is stored; a failed clean-up of others' leftovers only warns.
+    let cutoff = chrono::Utc::now() - args.sweep.abort_uploads_after;
+    if let Err(err) = storage.abort_stale_uploads(cutoff).await {
+        tracing::warn!("sweeping unfinished uploads: {err:#}");
     }
+    Ok(())
+}
 
-    pub fn table(backups: &[Manifest], now: DateTime<Utc>) -> String {
-        let mut rows = vec![["NAME", "TIME", "AGE", "KIND", "SIZE", "STORED"].map(String::from)];
-        for m in backups {
-            rows.push([
-                m.name.clone(),
-                m.started.format("%Y-%m-%d %H:%M:%SZ").to_string(),
-                age(now - m.started),
-                m.kind.to_string(),
-                bytes(m.size),
-                bytes(m.stored_size),
-            ]);
-        }
-        let widths: Vec<usize> = (0..6)
-            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-            .collect();
-        let mut out = String::new();
-        for row in &rows {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            out.push_str(cells.join("  ").trim_end());
-            out.push('\n');
-        }
-        out
+async fn list(args: cli::ListArgs) -> Result<()> {
+    let (_, storage) = args.storage.open().await?;
+    let backups = catalog::list_backups(storage.as_ref()).await?;
+    match args.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&listing::json(&backups))?
+        ),
+        OutputFormat::Table => print!("{}", listing::table(&backups, chrono::Utc::now())),
     }
+    Ok(())
+}
 
-    fn age(age: chrono::TimeDelta) -> String {
-        let s = age.num_seconds().max(0);
-        match s {
-            0..60 => format!("{s}s"),
-            60..3600 => format!("{}m", s / 60),
-            3600..86400 => format!("{}h", s / 3600),
-            _ => format!("{}d", s / 86400),
+/// `prune`: retention now, its plan on standard output, then the sweep.
+async fn prune(args: cli::PruneArgs) -> Result<()> {
+    let policy = args.retention.policy();
+    let (_, storage) = args.storage.open().await?;
+    let now = chrono::Utc::now();
+    let plan = retention::prune(storage.as_ref(), &policy, now, args.dry_run).await?;
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for (backup, reason) in &plan.delete {
+        println!("{verb} {} ({reason})", backup.name);
+    }
+    for backup in &plan.keep {
+        println!("keep {}", backup.name);
+    }
+    if !args.dry_run {
+        let age = args.retention.sweep.abort_uploads_after;
+        let aborted = storage.abort_stale_uploads(now - age).await?;
+        if aborted > 0 {
+            let age = humantime::format_duration(age.to_std().unwrap_or_default());
+            println!("aborted {aborted} unfinished upload(s) older than {age}");
         }
     }
+    Ok(())
+}
 
-    fn bytes(n: u64) -> String {
-        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-        let mut value = n as f64;
-        let mut unit = 0;
-        while value >= 1024.0 && unit < UNITS.len() - 1 {
-            value /= 1024.0;
-            unit += 1;
+async fn decrypt(args: cli::DecryptArgs) -> Result<()> {
+    let identities = args.identity.load()?;
+    let dash = |p: Option<std::path::PathBuf>| p.filter(|p| p.as_os_str() != "-");
+    let options = restore::DecryptOptions {
+        input: dash(args.input),
+        output: dash(args.output),
+        force: args.force,
+    };
+    tokio::task::spawn_blocking(move || restore::decrypt(identities, &options)).await?
+}
+
+async fn restore(args: cli::RestoreArgs) -> Result<()> {
+    let mut selector = args.selector()?;
+    let identities = args.identity.load()?;
+    let (_, storage) = args.storage.open().await?;
+    let config = match &args.config_out {
+        Some(path) => {
+            if path.exists() && !args.force {
+                anyhow::bail!(
+                    "write {}: the file exists; pass --force to replace it",
+                    path.display()
+                );
+            }
+            let (pinned, yaml) =
+                vconfig::fetch_saved(storage.as_ref(), &selector, identities.as_ref(), path)
+                    .await?;
+            selector = pinned;
+            Some((path.clone(), yaml))
         }
-        if unit == 0 {
-            format!("{n} B")
-        } else {
-            format!("{value:.1} {}", UNITS[unit])
+        None => None,
+    };
+    let options = restore::RestoreOptions {
+        to: args.to,
+        force: args.force,
+        if_missing: args.if_missing,
+        bump_revision: args.bump_revision,
+    };
+    match restore::restore(storage.as_ref(), &selector, identities, &options).await? {
+        restore::Restored::Done(manifest) => {
+            eprintln!("restored {} to {}", manifest.name, options.to.display());
+            if let Some((path, yaml)) = config {
+                vconfig::write_config(&path, &yaml, args.force)?;
+                eprintln!(
+                    "wrote the vCluster config of {} to {}",
+                    manifest.name,
+                    path.display()
+                );
+            }
         }
+        restore::Restored::Kept => eprintln!(
+            "{} exists; nothing restored (--if-missing)",
+            options.to.display()
+        ),
     }
+    Ok(())
+}
+
+/// `export`: vCluster's snapshot archive from one backup, to a file or S3.
+async fn export(args: cli::ExportArgs) -> Result<()> {
+    let output = args.output()?;
+    let identities = args.identity.load()?;
+    let input = match args.stored()? {
+        Some((storage, selector)) => export::Input::Stored {
+            storage: storage.open().await?.1,
+            selector,
+        },
+        None => export::Input::File(args.input.clone().context("no --input")?),
+    };
+    let shown = output.to_string();
+    let options = export::ExportOptions {
+        output,
+        force: args.force,
+    };
+    let exported = export::export(input, identities, options).await?;
+    let release = if exported.release {
+        "with its release entry"
+    } else {
+        "without a release entry"
+    };
+    eprintln!(
+        "exported {} keys of {} to {shown} {release}; the archive is not encrypted",
+        exported.keys, exported.backup
+    );
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, filter: &str) {

@@ -104,7 +104,7 @@ pub fn detect(path: &Path) -> Result<SourceKind> {
     let mut head = [0u8; 24];
     let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let n = read_up_to(&mut file, &mut head).with_context(|| format!("read {}", path.display()))?;
-    if head[..n].starts_with(b"SQLite format 3\0") {
+    if head[..n].starts_with(crate::source::kine::SQLITE_HEADER) {
         return Ok(SourceKind::Sqlite);
     }
     // bbolt's first page is a meta page: magic 0xED0CDAED after the 16-byte page header.

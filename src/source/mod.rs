@@ -4,6 +4,7 @@
 mod bolt;
 mod detect;
 mod etcd;
+pub mod kine;
 mod sqlite;
 
 use std::io::Write;
@@ -15,7 +16,7 @@ use crate::manifest::{EtcdFacts, SourceKind};
 
 pub use bolt::{BoltFile, ValueAt};
 pub use detect::{Detected, detect};
-pub use etcd::{EtcdOptions, EtcdSource, EtcdTls, verify_snapshot_digest};
+pub use etcd::{EtcdOptions, EtcdSource, EtcdTls, check_restored_snapshot, verify_snapshot_digest};
 pub use sqlite::SqliteSource;
 
 /// What a snapshot tells the manifest beyond its bytes.

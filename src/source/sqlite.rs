@@ -5,7 +5,7 @@
 //! (the WAL just grows until we finish), nothing is written to the source, and
 //! no temporary copy exists. `sqlite3 .backup` and `Backup::step` restart
 //! whenever another connection writes, so on a live control plane they never
-//! finish (see docs/design-notes).
+//! finish: measured before the first line of code, on a live kine writer.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,8 @@ use rusqlite::{Connection, OpenFlags};
 use super::{SnapshotFacts, Source};
 use crate::manifest::SourceKind;
 
-const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+/// The first 16 bytes of every SQLite database file.
+pub const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 pub struct SqliteSource {
     path: PathBuf,

@@ -1,0 +1,119 @@
+//! kine's rules for a restored SQLite database: its revision (`max(id)` or
+//! `sqlite_sequence`, whichever is higher), the bump past the highest revision
+//! any client saw, and the compact revision raised to match, as
+//! `vcluster restore` does (see the README's restore section).
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::Connection;
+
+pub use super::sqlite::SQLITE_HEADER;
+
+/// The revision of the kine database about to be replaced: the higher of
+/// `max(id)` and `sqlite_sequence` (rows compacted away still count), read
+/// with its WAL. `None` when nothing kine-shaped is replaced.
+pub fn live_revision(target: &Path, force: bool) -> Result<Option<i64>> {
+    if !force || !is_sqlite(target) {
+        return Ok(None);
+    }
+    let shown = target.display();
+    let conn = Connection::open_with_flags(target, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("open the database to replace, {shown}"))?;
+    let has_kine: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'kine'",
+            [],
+            |row| row.get(0),
+        )
+        .with_context(|| format!("read the revision of {shown}"))?;
+    // A database without kine's table holds no revision any client saw.
+    if has_kine == 0 {
+        return Ok(None);
+    }
+    let max_id = kine_revision(&conn).with_context(|| format!("read the revision of {shown}"))?;
+    Ok((max_id > 0).then_some(max_id))
+}
+
+/// The higher of `max(id)` and kine's `sqlite_sequence` entry (rows
+/// compacted away still count); 0 for an empty store.
+fn kine_revision(conn: &Connection) -> rusqlite::Result<i64> {
+    let max_id: Option<i64> = conn.query_row("SELECT max(id) FROM kine", [], |row| row.get(0))?;
+    let has_sequence: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+        [],
+        |row| row.get(0),
+    )?;
+    let seq: Option<i64> = if has_sequence > 0 {
+        conn.query_row(
+            "SELECT max(seq) FROM sqlite_sequence WHERE name = 'kine'",
+            [],
+            |row| row.get(0),
+        )?
+    } else {
+        None
+    };
+    Ok(max_id.unwrap_or(0).max(seq.unwrap_or(0)))
+}
+
+/// Checks the restored database and moves kine's revision forward, like
+/// `vcluster restore`: the restored store ends `bump` above both the backup's
+/// revision and the live store's it replaces (the highest any client saw), and
+/// the compact revision is raised to there, so every watch from before gets
+/// "compacted" and relists instead of silently missing the rollback.
+pub fn prepare_restored(path: &Path, bump: u64, live: Option<i64>, what: &str) -> Result<()> {
+    let conn = Connection::open(path).with_context(|| format!("open restored {what}"))?;
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .with_context(|| format!("check restored {what}"))?;
+    if problems != ["ok"] {
+        bail!(
+            "check restored {what}: SQLite integrity check failed: {}; nothing was replaced",
+            problems.join("; ")
+        );
+    }
+    if bump > 0 {
+        let bump = i64::try_from(bump).context("--bump-revision is too large")?;
+        let bumped = (|| -> rusqlite::Result<()> {
+            let tx = conn.unchecked_transaction()?;
+            let backup = kine_revision(&tx)?;
+            let revision = backup.max(live.unwrap_or(0)).saturating_add(bump);
+            // kine keeps its compact revision in the one compact_rev_key row's
+            // prev_revision. Without that row (kine writes it at start), the row
+            // itself fills the new revision; otherwise a deleted "gap" row does,
+            // as kine does for a missing revision.
+            let raised = tx.execute(
+                "UPDATE kine SET prev_revision = ?1 WHERE name = 'compact_rev_key'",
+                [revision],
+            )?;
+            let (name, deleted) = if raised == 0 {
+                ("compact_rev_key".to_string(), 0)
+            } else {
+                (format!("gap-{revision}"), 1)
+            };
+            tx.execute(
+                "INSERT INTO kine (id, name, created, deleted, create_revision, prev_revision, lease, value, old_value)
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, 0, NULL, NULL)",
+                rusqlite::params![revision, name, 1 - deleted, deleted, if raised == 0 { revision } else { 0 }],
+            )?;
+            tx.commit()
+        })();
+        bumped.with_context(|| format!("bump the kine revision of restored {what}"))?;
+    }
+    // Fold the WAL back into the file: only the database file is moved into place.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .with_context(|| format!("checkpoint restored {what}"))?;
+    conn.close()
+        .map_err(|(_, err)| err)
+        .with_context(|| format!("close restored {what}"))?;
+    Ok(())
+}
+
+pub fn is_sqlite(path: &Path) -> bool {
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| &header == SQLITE_HEADER)
+}
