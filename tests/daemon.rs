@@ -365,42 +365,69 @@ fn bad_configuration_is_refused_before_starting() {
     let tmp = tempfile::tempdir().unwrap();
     let db = database(tmp.path(), 64 << 10);
     let dest = file_url(&tmp.path().join("backups"));
+    // Parsed by clap at the edge: its usage error (exit 2) names the option and the value.
     let cases = [
         (
             vec!["--schedule", "0 */12 * *"],
-            "invalid schedule \"0 */12 * *\"",
+            "for '--schedule <SCHEDULE>': invalid schedule \"0 */12 * *\"",
         ),
         (
             vec!["--schedule", "@fortnightly"],
-            "invalid schedule \"@fortnightly\"",
+            "for '--schedule <SCHEDULE>': invalid schedule \"@fortnightly\"",
         ),
         (
             vec!["--timezone", "Mars/Olympus"],
-            "unknown time zone \"Mars/Olympus\"",
+            "for '--timezone <TIMEZONE>': unknown time zone \"Mars/Olympus\"",
         ),
-        (vec!["--jitter", "soon"], "invalid duration \"soon\""),
+        (
+            vec!["--jitter", "soon"],
+            "for '--jitter <DURATION>': invalid duration \"soon\"",
+        ),
+        (
+            vec!["--shutdown-timeout", "8"],
+            "for '--shutdown-timeout <DURATION>': invalid duration \"8\"",
+        ),
+        (
+            vec!["--abort-uploads-after", "a day"],
+            "for '--abort-uploads-after <DURATION>': invalid duration \"a day\"",
+        ),
         (
             vec!["--listen", "not-an-address"],
-            "listen on not-an-address",
+            "invalid value 'not-an-address' for '--listen <IP:PORT>'",
         ),
     ];
     for (args, expected) in cases {
-        let err = error_line(&fails(
-            vcbackup()
-                .args([
-                    "run",
-                    "--name",
-                    "demo",
-                    "--no-encryption",
-                    "--destination",
-                    &dest,
-                ])
-                .arg("--source")
-                .arg(&db)
-                .args(&args),
-        ));
+        let out = run(vcbackup()
+            .args([
+                "run",
+                "--name",
+                "demo",
+                "--no-encryption",
+                "--destination",
+                &dest,
+            ])
+            .arg("--source")
+            .arg(&db)
+            .args(&args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let err = error_line(&stderr);
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+    // An address that parses but cannot be bound fails at start, naming it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let err = error_line(&fails(
+        vcbackup()
+            .args(["run", "--name", "demo", "--no-encryption"])
+            .args(["--destination", &dest, "--listen", &address])
+            .arg("--source")
+            .arg(&db),
+    ));
+    assert!(
+        err.contains(&format!("listen on {address} (--listen)")),
+        "{err}"
+    );
 }
 
 #[test]
