@@ -16,6 +16,7 @@ use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, unseal};
 use crate::source::kine;
 use crate::storage::Storage;
 
+/// How `restore` treats the target and kine's revision.
 pub struct RestoreOptions {
     pub to: PathBuf,
     pub force: bool,
@@ -24,12 +25,15 @@ pub struct RestoreOptions {
     pub bump_revision: u64,
 }
 
+/// What `restore` did.
 pub enum Restored {
     Done(Box<Manifest>),
     /// `--if-missing` and the target exists.
     Kept,
 }
 
+/// Restores the backup `selector` picks into `options.to`: decoded beside it,
+/// verified against the manifest, then renamed into place.
 pub async fn restore(
     storage: &dyn Storage,
     selector: &Selector,
@@ -90,6 +94,7 @@ pub async fn restore(
     Ok(Restored::Done(Box::new(manifest)))
 }
 
+/// Where `decrypt` reads and writes, and whether it may replace its output.
 pub struct DecryptOptions {
     /// `None` reads standard input.
     pub input: Option<PathBuf>,

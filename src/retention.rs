@@ -10,13 +10,15 @@ use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-/// 0 on either axis means no limit on that axis.
+/// How long and how many backups to keep (vCluster's `retention.period` and
+/// `retention.maxSnapshots`). 0 on either axis means no limit on that axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetentionPolicy {
     pub max_age_days: u32,
     pub max_count: u32,
 }
 
+/// Anything retention can order by age: manifests, and plain times in tests.
 pub trait Dated {
     fn created(&self) -> DateTime<Utc>;
 }
@@ -27,6 +29,7 @@ impl<T: Dated + ?Sized> Dated for &T {
     }
 }
 
+/// Why retention deletes a backup, as `prune` prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteReason {
     OlderThan { days: u32 },
@@ -43,13 +46,15 @@ impl fmt::Display for DeleteReason {
     }
 }
 
-/// Both lists are ordered newest first.
+/// What to keep and what to delete; both lists are ordered newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionPlan<T> {
     pub keep: Vec<T>,
     pub delete: Vec<(T, DeleteReason)>,
 }
 
+/// Decides, without touching storage, which backups `policy` keeps at `now`;
+/// the newest backup is always kept.
 pub fn plan<T: Dated + Clone>(
     backups: &[T],
     policy: &RetentionPolicy,
