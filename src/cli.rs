@@ -292,7 +292,7 @@ pub struct SweepArgs {
     /// that started (S3) or were last written (directory) longer ago than this. Keep it longer
     /// than any backup takes: a running S3 upload that is older is aborted too.
     #[arg(long, env = "VCBACKUP_ABORT_UPLOADS_AFTER", default_value = "24h", value_name = "DURATION", value_parser = parse_age)]
-    pub abort_uploads_after: chrono::TimeDelta,
+    pub abort_uploads_after: Age,
 }
 
 #[derive(Debug, Args)]
@@ -560,10 +560,27 @@ impl RetentionArgs {
     }
 }
 
-/// A duration as an age to subtract from the wall clock.
-fn parse_age(text: &str) -> Result<chrono::TimeDelta> {
+/// A duration to subtract from the wall clock, shown as the operator wrote it.
+#[derive(Debug, Clone)]
+pub struct Age {
+    pub delta: chrono::TimeDelta,
+    text: String,
+}
+
+impl std::fmt::Display for Age {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn parse_age(text: &str) -> Result<Age> {
     let age = schedule::parse_duration(text)?;
-    chrono::TimeDelta::from_std(age).with_context(|| format!("{text:?} is too long"))
+    let delta =
+        chrono::TimeDelta::from_std(age).with_context(|| format!("{text:?} is too long"))?;
+    Ok(Age {
+        delta,
+        text: text.trim().to_string(),
+    })
 }
 
 impl RunArgs {
@@ -582,7 +599,7 @@ impl RunArgs {
             jitter: self.jitter,
             catch_up: !self.no_catch_up,
             retention: self.retention.policy(),
-            stale_upload_age: self.retention.sweep.abort_uploads_after,
+            stale_upload_age: self.retention.sweep.abort_uploads_after.delta,
             listen: self.listen,
             shutdown_timeout: self.shutdown_timeout,
             backup_on_shutdown: self.backup_on_shutdown,

@@ -84,7 +84,7 @@ async fn backup_now(args: cli::BackupNowArgs) -> Result<()> {
     .await?;
     println!("{}", manifest.name);
     // The backup is stored; a failed clean-up of others' leftovers only warns.
-    let cutoff = chrono::Utc::now() - args.sweep.abort_uploads_after;
+    let cutoff = chrono::Utc::now() - args.sweep.abort_uploads_after.delta;
     if let Err(err) = storage.abort_stale_uploads(cutoff).await {
         tracing::warn!("sweeping unfinished uploads: {err:#}");
     }
@@ -122,10 +122,9 @@ async fn prune(args: cli::PruneArgs) -> Result<()> {
         println!("keep {}", backup.name);
     }
     if !args.dry_run {
-        let age = args.retention.sweep.abort_uploads_after;
-        let aborted = storage.abort_stale_uploads(now - age).await?;
+        let age = &args.retention.sweep.abort_uploads_after;
+        let aborted = storage.abort_stale_uploads(now - age.delta).await?;
         if aborted > 0 {
-            let age = humantime::format_duration(age.to_std().unwrap_or_default());
             println!("aborted {aborted} unfinished upload(s) older than {age}");
         }
     }
