@@ -95,8 +95,11 @@ def load_all(path):
 ENV = {f"VCBACKUP_{n}" for n in """NAME DESTINATION SOURCE DATA_DIR ETCD_CACERT ETCD_CERT
     ETCD_KEY RECIPIENTS RECIPIENTS_FILE NO_ENCRYPTION COMPRESSION_LEVEL COMPRESSION_THREADS
     SCHEDULE TIMEZONE JITTER NO_CATCH_UP RETENTION_DAYS MAX_SNAPSHOTS LISTEN SHUTDOWN_TIMEOUT
-    BACKUP_ON_SHUTDOWN LOG_FORMAT IDENTITY""".split()}
-SUBCOMMANDS = {"run", "backup", "list", "prune", "decrypt", "restore"}
+    BACKUP_ON_SHUTDOWN LOG_FORMAT IDENTITY ABORT_UPLOADS_AFTER HA VCLUSTER_CONFIG NAMESPACE
+    CHART_VERSION""".split()}
+# The release name, which --name falls back to (the chart's own variable name).
+ENV.add("VCLUSTER_NAME")
+SUBCOMMANDS = {"run", "backup", "list", "prune", "decrypt", "restore", "export"}
 METRICS = {"vcbackup_backups_total", "vcbackup_backup_failures_total",
            "vcbackup_last_success_timestamp_seconds", "vcbackup_last_attempt_timestamp_seconds",
            "vcbackup_next_run_timestamp_seconds", "vcbackup_backup_in_progress",
