@@ -456,11 +456,25 @@ check("fields: deploy/grafana-dashboard.json (parses, known metrics)", f)
 # -- Dockerfile and .dockerignore
 def f():
     text = open(os.path.join(root, "Dockerfile")).read()
-    need(re.search(r"^FROM rust:\$\{RUST_VERSION\}-bookworm AS builder$", text, re.M) and 'ARG RUST_VERSION=1.95' in text, "builder rust:1.95-bookworm")
-    need("protobuf-compiler" in text and "cargo build --release --locked" in text, "protoc + cargo build --release --locked")
+    need(re.search(r"^FROM --platform=\$BUILDPLATFORM rust:\$\{RUST_VERSION\}-bookworm AS builder$", text, re.M)
+         and 'ARG RUST_VERSION=1.95' in text, "builder rust:1.95-bookworm on the build platform (cross-compiling)")
+    need("protobuf-compiler" in text and 'cargo build --release --locked --target "$(cat /target-triple)"' in text,
+         "protoc + cargo build --release --locked --target (the triple from TARGETARCH)")
     need(re.search(r"^FROM gcr\.io/distroless/cc-debian12", text, re.M), "runtime distroless cc-debian12")
     need('ENTRYPOINT ["/vcbackup"]' in text and 'CMD ["run"]' in text, "entrypoint/cmd")
-    need(not re.search(r"amd64|arm64|aarch64|x86_64", re.sub(r"#.*", "", text)), "no hard-coded architecture")
+    # Architectures are named only in the builder's TARGETARCH mapping and toolchain settings;
+    # the final stage is the target platform's, never pinned.
+    final = text[text.rindex("\nFROM "):]
+    need(not re.search(r"amd64|arm64|aarch64|x86_64|--platform", re.sub(r"#.*", "", final)), "final stage names no architecture")
+    for arch, triple in (("amd64", "x86_64-unknown-linux-gnu"), ("arm64", "aarch64-unknown-linux-gnu")):
+        env = triple.replace("-", "_")
+        need(f"{arch}) echo {triple} >/target-triple" in text and f"CC_{env}=" in text
+             and f"CARGO_TARGET_{env.upper()}_LINKER=" in text, f"{arch}: target {triple} with its C compiler and linker")
+    # The runtime base's package list (scripts/image-rootfs reads it; scripts/check-image
+    # checks the tree it gives against the FROM below it).
+    lines = text[:text.rindex("\nFROM ")].splitlines()
+    need(lines[-1].startswith("# runtime-packages: "), "the line above the final FROM must be `# runtime-packages: ...`")
+    need({"libc6", "libgcc-s1"} <= set(lines[-1].split()[2:]), "runtime-packages: libc6 and libgcc-s1 (the binary needs them)")
     need(not re.search(r"^USER ", text, re.M), "runs as the base image's uid 0 (no USER)")
     ignored = {l.strip() for l in open(os.path.join(root, ".dockerignore")) if l.strip() and not l.startswith("#")}
     need(not ignored & {"src", ".cargo", "Cargo.toml", "Cargo.lock", "*", "**"}, f".dockerignore drops build inputs: {ignored}")
