@@ -13,7 +13,6 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VCBACKUP_VENV:-$HOME/.cache/vcbackup/venv}
-SCHEMA="$ROOT/helm-values/schema/vcluster-values.schema.v0.30.5.json"
 K8S_VERSION=1.33.0
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -163,11 +162,59 @@ def check_values(path, values):
     for c in init:
         check_container(c, f"{path} initContainer {c.get('name')}", daemon=False)
 
+# -- Chart ranges. Every values file names the vCluster chart versions it is for in one
+# header line, `# vcluster chart: >=0.30.0 <0.37.0` (either bound may be left out), and
+# is validated against every values schema in helm-values/schema/ inside that range
+# (check-jsonschema runs below on schema-inputs.txt). A v0.30+ file whose range ends
+# below a schema we have must be rejected by it (k3s.yaml: v0.36 dropped the distro),
+# so no range is narrower than the schemas say.
+SCHEMAS = {}
+for p in glob.glob(os.path.join(root, "helm-values", "schema", "vcluster-values.schema.v*.json")):
+    m = re.search(r"\.v(\d+)\.(\d+)\.(\d+)\.json$", p)
+    SCHEMAS[tuple(int(x) for x in m.groups())] = p
+schema_inputs = []  # (expect accept|reject, schema path, file, label)
+
+def version(s):
+    return tuple(int(x) for x in s.split("."))
+
+def chart_range(path):
+    """The header's range as (lowest, first version above), from `# vcluster chart: ...`."""
+    lines = [l.rstrip("\n") for l in open(path) if l.startswith("# vcluster chart:")]
+    need(len(lines) == 1, "needs exactly one header line `# vcluster chart: >=X.Y.Z <X.Y.Z`")
+    m = re.fullmatch(r"# vcluster chart: (?:>=(\d+\.\d+\.\d+))? ?(?:<(\d+\.\d+\.\d+))?", lines[0])
+    need(m and (m[1] or m[2]), f"unreadable range {lines[0]!r}: expected `# vcluster chart: >=X.Y.Z <X.Y.Z`")
+    lo, hi = version(m[1] or "0.0.0"), version(m[2]) if m[2] else None
+    need(lo[2] == 0 and (hi is None or (hi[2] == 0 and hi[1] > 0)), f"bounds must be minor versions X.Y.0: {lines[0]!r}")
+    need(hi is None or lo < hi, f"empty range {lines[0]!r}")
+    return lo, hi
+
+def human(lo, hi):
+    """The range as the README writes it: v0.30–v0.35, v0.19 and earlier."""
+    first, last = f"v{lo[0]}.{lo[1]}", hi and f"v{hi[0]}.{hi[1] - 1}"
+    if not hi:
+        return f"{first} and later"
+    return f"{last} and earlier" if lo == (0, 0, 0) else f"{first}–{last}"
+
+def claim_schemas(path, label, legacy=False):
+    lo, hi = chart_range(path)
+    inside = [v for v in sorted(SCHEMAS) if lo <= v and (hi is None or v < hi)]
+    need(legacy or inside, f"no schema in helm-values/schema/ inside its range {human(lo, hi)}")
+    need(not (legacy and inside), "a legacy file inside a schema's range: validate it, drop the LEGACY mark")
+    for v in inside:
+        schema_inputs.append(("accept", SCHEMAS[v], path, label))
+    for v in sorted(SCHEMAS):
+        if not legacy and hi is not None and v >= hi:
+            schema_inputs.append(("reject", SCHEMAS[v], path, label))
+    readme = " ".join(open(os.path.join(root, "README.md")).read().split())
+    if label.startswith("helm-values/"):
+        need(f"`{label}` ({human(lo, hi)}" in readme,
+             f"the README's deploying section must say `{label}` ({human(lo, hi)})")
+
 # -- Helm values for v0.30+ (the schema check itself runs below with check-jsonschema)
-schema_inputs = []
 for path in sorted(glob.glob(os.path.join(root, "helm-values", "*.yaml"))):
     if os.path.basename(path).startswith("legacy-"):
         continue
+    check(f"chart range: {rel(path)}", lambda path=path: claim_schemas(path, rel(path)))
     def f(path=path):
         (values,) = load_all(path)
         check_values(rel(path), values)
@@ -178,9 +225,9 @@ for path in sorted(glob.glob(os.path.join(root, "helm-values", "*.yaml"))):
         if expected:
             need(sources == [expected], f"VCBACKUP_SOURCE {sources} != {expected}")
     check(f"fields: {rel(path)}", f)
-    schema_inputs.append(path)
 
 restore_init = os.path.join(root, "deploy", "restore-init-container.yaml")
+check(f"chart range: {rel(restore_init)}", lambda: claim_schemas(restore_init, rel(restore_init)))
 def f():
     (values,) = load_all(restore_init)
     check_values(rel(restore_init), values)
@@ -188,11 +235,11 @@ def f():
     need(c["args"][:2] == ["restore", "latest"] and "--if-missing" in c["args"], "must be `restore latest --if-missing`")
     need(c["args"][c["args"].index("--to") + 1] == "/data/state.db", "must restore to /data/state.db")
 check(f"fields: {rel(restore_init)}", f)
-schema_inputs.append(restore_init)
 
-# -- legacy values: only parsed and checked, the v0.30.5 schema does not apply
+# -- legacy values: only parsed and checked, no schema in helm-values/schema/ applies
 for name, want in (("legacy-v0.20-v0.29.yaml", {"version": "v1"}), ("legacy-v0.19.yaml", {"optional": True})):
     path = os.path.join(root, "helm-values", name)
+    check(f"chart range: {rel(path)} (legacy)", lambda path=path: claim_schemas(path, rel(path), legacy=True))
     def f(path=path, want=want):
         text = open(path).read()
         need("LEGACY" in text.splitlines()[0], "first line must mark the file as LEGACY")
@@ -294,7 +341,9 @@ def f():
     need(vct["apiVersion"] == "management.loft.sh/v1", "apiVersion")
     (ver,) = vct["spec"]["versions"]
     tpl = ver["template"]
-    need(str(tpl["helmRelease"]["chart"]["version"]).startswith("0.3"), "chart must be v0.30+ (sidecarContainers)")
+    chart = str(tpl["helmRelease"]["chart"]["version"])
+    need(chart.startswith("0.3"), "chart must be v0.30+ (sidecarContainers)")
+    need(version(chart) in SCHEMAS, f"no values schema for its chart {chart} in helm-values/schema/")
     raw = tpl["helmRelease"]["values"] + tpl["spaceTemplate"]["objects"]
     params = {p["variable"] for p in ver.get("parameters", [])}
     used = set(re.findall(r"\.Values\.([A-Za-z0-9_]+)", raw)) - {"loft"}
@@ -328,10 +377,17 @@ def f():
                      f"defaults without annotations: {env}")
     need("vc-{{ .Values.loft.virtualClusterName }}" in tpl["spaceTemplate"]["objects"], "serviceAccount must be vc-<virtual cluster>")
 check("fields: deploy/virtual-cluster-template.yaml (VirtualClusterTemplate, rendered with Go templates + sprig for a Cluster with, without and with empty annotations)", f)
-schema_inputs.append(os.path.join(work, "rendered-template-values.yaml"))
+# The rendered values are for the one chart version the template pins.
+def f():
+    path, vct = only("VirtualClusterTemplate")
+    (ver,) = vct["spec"]["versions"]
+    schema_inputs.append(("accept", SCHEMAS[version(str(ver["template"]["helmRelease"]["chart"]["version"]))],
+                          os.path.join(work, "rendered-template-values.yaml"),
+                          "deploy/virtual-cluster-template.yaml (rendered values)"))
+check("chart version: deploy/virtual-cluster-template.yaml has a values schema", f)
 
 with open(os.path.join(work, "schema-inputs.txt"), "w") as out:
-    out.write("\n".join(schema_inputs) + "\n")
+    out.writelines("\t".join(row) + "\n" for row in schema_inputs)
 
 for kind in sorted(k for k in seen if k not in ("PodMonitor", "PodIdentityAssociation", "PrometheusRule", "VirtualClusterTemplate")):
     if not any(kind in open(p).read() for p in core):
@@ -403,11 +459,25 @@ check("fields: deploy/grafana-dashboard.json (parses, known metrics)", f)
 # -- Dockerfile and .dockerignore
 def f():
     text = open(os.path.join(root, "Dockerfile")).read()
-    need(re.search(r"^FROM rust:\$\{RUST_VERSION\}-bookworm AS builder$", text, re.M) and 'ARG RUST_VERSION=1.95' in text, "builder rust:1.95-bookworm")
-    need("protobuf-compiler" in text and "cargo build --release --locked" in text, "protoc + cargo build --release --locked")
+    need(re.search(r"^FROM --platform=\$BUILDPLATFORM rust:\$\{RUST_VERSION\}-bookworm AS builder$", text, re.M)
+         and 'ARG RUST_VERSION=1.95' in text, "builder rust:1.95-bookworm on the build platform (cross-compiling)")
+    need("protobuf-compiler" in text and 'cargo build --release --locked --target "$(cat /target-triple)"' in text,
+         "protoc + cargo build --release --locked --target (the triple from TARGETARCH)")
     need(re.search(r"^FROM gcr\.io/distroless/cc-debian12", text, re.M), "runtime distroless cc-debian12")
     need('ENTRYPOINT ["/vcbackup"]' in text and 'CMD ["run"]' in text, "entrypoint/cmd")
-    need(not re.search(r"amd64|arm64|aarch64|x86_64", re.sub(r"#.*", "", text)), "no hard-coded architecture")
+    # Architectures are named only in the builder's TARGETARCH mapping and toolchain settings;
+    # the final stage is the target platform's, never pinned.
+    final = text[text.rindex("\nFROM "):]
+    need(not re.search(r"amd64|arm64|aarch64|x86_64|--platform", re.sub(r"#.*", "", final)), "final stage names no architecture")
+    for arch, triple in (("amd64", "x86_64-unknown-linux-gnu"), ("arm64", "aarch64-unknown-linux-gnu")):
+        env = triple.replace("-", "_")
+        need(f"{arch}) echo {triple} >/target-triple" in text and f"CC_{env}=" in text
+             and f"CARGO_TARGET_{env.upper()}_LINKER=" in text, f"{arch}: target {triple} with its C compiler and linker")
+    # The runtime base's package list (scripts/image-rootfs reads it; scripts/check-image
+    # checks the tree it gives against the FROM below it).
+    lines = text[:text.rindex("\nFROM ")].splitlines()
+    need(lines[-1].startswith("# runtime-packages: "), "the line above the final FROM must be `# runtime-packages: ...`")
+    need({"libc6", "libgcc-s1"} <= set(lines[-1].split()[2:]), "runtime-packages: libc6 and libgcc-s1 (the binary needs them)")
     need(not re.search(r"^USER ", text, re.M), "runs as the base image's uid 0 (no USER)")
     ignored = {l.strip() for l in open(os.path.join(root, ".dockerignore")) if l.strip() and not l.startswith("#")}
     need(not ignored & {"src", ".cargo", "Cargo.toml", "Cargo.lock", "*", "**"}, f".dockerignore drops build inputs: {ignored}")
@@ -421,10 +491,23 @@ PYEOF
 [[ $? -eq 0 ]] || failed=1
 
 # ---- tools on the files and on what the Python part generated -----------------
-while read -r f; do
+# Each values file against each schema of its chart range; schemas above a v0.30+ file's
+# range must still reject it (or the range is narrower than it needs to be).
+rejects() {
+    local out
+    if out=$("$VENV/bin/check-jsonschema" --schemafile "$1" "$2" 2>&1); then
+        echo "accepted: the schema allows this file, widen its \`# vcluster chart:\` range"; return 1
+    fi
+    grep -q "Schema validation errors" <<<"$out" || { printf '%s\n' "$out"; return 1; }
+}
+while IFS=$'\t' read -r expect schema f name; do
     [[ -n $f ]] || continue
-    name=${f#"$ROOT/"}; [[ $f == "$WORK"/* ]] && name="deploy/virtual-cluster-template.yaml (rendered values)"
-    check "schema v0.30.5: $name" "$VENV/bin/check-jsonschema" --schemafile "$SCHEMA" "$f"
+    v=${schema##*/vcluster-values.schema.}; v=${v%.json}
+    if [[ $expect == accept ]]; then
+        check "schema $v: $name" "$VENV/bin/check-jsonschema" --schemafile "$schema" "$f"
+    else
+        check "schema $v rejects $name (beyond its chart range)" rejects "$schema" "$f"
+    fi
 done <"$WORK/schema-inputs.txt"
 
 if [[ -s "$WORK/pods.yaml" ]]; then
