@@ -741,8 +741,12 @@ fn a_relative_file_destination_is_refused_and_nothing_is_written_at_the_root() {
         format!("file:/{dir}"),
         format!("file://{dir}"),
     ] {
-        let mut cmd = s.backup();
-        let err = error_line(&fails(cmd.args(["--destination", &spelling])));
+        let mut cmd = vcbackup();
+        cmd.args(["backup", "--name", "demo", "--no-encryption"])
+            .args(["--destination", &spelling])
+            .arg("--source")
+            .arg(&s.db);
+        let err = error_line(&fails(&mut cmd));
         assert!(
             err.contains(&format!("invalid destination {spelling:?}")) && err.contains("file:///"),
             "{err}"
