@@ -31,23 +31,6 @@ const RECIPIENT: &str = "age1qqty2z0ar8fvnhym4y907qq36m6q7hra95rrfehryc9sryvrtft
 const OTHER_KEY: &str =
     "AGE-SECRET-KEY-1SU5RJEQWQJT865DXCZPWXG66UD3UPALWNRSL7HH3DWM4T0FRFXKQYN55KZ";
 
-/// Every file under `dir`, for "a failed command leaves nothing behind".
-fn files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(next) = pending.pop() {
-        for entry in std::fs::read_dir(&next).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path.clone());
-            }
-            out.push(path.strip_prefix(dir).unwrap().display().to_string());
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn every_user_error_prints_exactly_its_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,7 +59,7 @@ fn every_user_error_prints_exactly_its_message() {
     ]));
     let manifest = &list_json(&backups, "demo")[0];
     let started = manifest["created"].as_str().unwrap().to_string();
-    let before = files(cwd);
+    let before = files_under(cwd);
 
     // The scenarios' relative paths are relative to this; the test binary has
     // no other test that could mind.
@@ -95,5 +78,9 @@ fn every_user_error_prints_exactly_its_message() {
         .case(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cmd/*.toml"))
         .run();
 
-    assert_eq!(files(cwd), before, "a failed command left something behind");
+    assert_eq!(
+        files_under(cwd),
+        before,
+        "a failed command left something behind"
+    );
 }

@@ -2,13 +2,13 @@
 //! [`BUCKET`].
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::{AccessKeys, BUCKET, KeysAuth, rt};
+use crate::common::files_under;
 
 /// s3s-fs ties a multipart upload to the access key that started it; AWS ties
 /// it to the principal. Session keys of one role are rewritten to the role's
@@ -100,20 +100,6 @@ impl S3sFs {
 
     /// Every stored object file under the bucket, as paths relative to it.
     pub fn objects(&self) -> Vec<String> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    walk(&path, base, out);
-                } else {
-                    out.push(path.strip_prefix(base).unwrap().display().to_string());
-                }
-            }
-        }
-        let base = self.root.path().join(BUCKET);
-        let mut out = Vec::new();
-        walk(&base, &base, &mut out);
-        out.sort();
-        out
+        files_under(&self.root.path().join(BUCKET))
     }
 }
