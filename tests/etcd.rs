@@ -7,337 +7,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::etcd::*;
+use common::*;
 use tempfile::TempDir;
-
-const SETUP: &str =
-    "run scripts/setup (it installs etcd-server, etcd-client, age, zstd and openssl)";
-
-fn tool(name: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| panic!("`{name}` is missing: {SETUP}"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let output = run(cmd);
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Certificates as a vCluster pod has them, generated with the openssl CLI.
-struct Pki {
-    /// `<data-dir>` holding `pki/etcd/ca.crt`, `pki/apiserver-etcd-client.{crt,key}`.
-    data_dir: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    ok(Command::new(tool("openssl")).current_dir(dir).args(args));
-}
-
-/// A CA `NAME.crt`/`NAME.key` in `dir`.
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
-}
-
-/// A certificate `NAME.crt`/`NAME.key` signed by CA `ca`, with extensions `ext`.
-fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
-}
-
-const SERVER_EXT: &str = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
-const CLIENT_EXT: &str = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n";
-
-impl Pki {
-    fn new(root: &Path) -> Pki {
-        let work = root.join("certs");
-        std::fs::create_dir_all(&work).unwrap();
-        make_ca(&work, "ca");
-        make_cert(&work, "ca", "server", "etcd", SERVER_EXT);
-        make_cert(
-            &work,
-            "ca",
-            "client",
-            "kube-apiserver-etcd-client",
-            CLIENT_EXT,
-        );
-        let data_dir = root.join("data");
-        let pki = data_dir.join("pki");
-        std::fs::create_dir_all(pki.join("etcd")).unwrap();
-        std::fs::copy(work.join("ca.crt"), pki.join("etcd/ca.crt")).unwrap();
-        std::fs::copy(
-            work.join("client.crt"),
-            pki.join("apiserver-etcd-client.crt"),
-        )
-        .unwrap();
-        std::fs::copy(
-            work.join("client.key"),
-            pki.join("apiserver-etcd-client.key"),
-        )
-        .unwrap();
-        Pki {
-            data_dir,
-            server_cert: work.join("server.crt"),
-            server_key: work.join("server.key"),
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.data_dir.join("pki/etcd/ca.crt")
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.data_dir.join("pki/apiserver-etcd-client.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.data_dir.join("pki/apiserver-etcd-client.key")
-    }
-}
-
-/// One etcd member on loopback, killed on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    tls: Option<(PathBuf, PathBuf, PathBuf)>,
-    _log: PathBuf,
-}
-
-impl Etcd {
-    /// Starts a fresh member in `data_dir`, or one restored there with name `name` and `peer`.
-    fn start(data_dir: &Path, name: &str, peer: Option<String>, pki: Option<&Pki>) -> Etcd {
-        let client_port = free_port();
-        let peer_url = peer.unwrap_or_else(|| format!("http://127.0.0.1:{}", free_port()));
-        let scheme = if pki.is_some() { "https" } else { "http" };
-        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
-        let log = data_dir.with_extension("log");
-        let mut cmd = Command::new(tool("etcd"));
-        cmd.args(["--name", name, "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("{name}={peer_url}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let tls = pki.map(|pki| {
-            cmd.arg("--cert-file")
-                .arg(&pki.server_cert)
-                .arg("--key-file")
-                .arg(&pki.server_key)
-                .arg("--trusted-ca-file")
-                .arg(pki.ca())
-                .arg("--client-cert-auth");
-            (pki.ca(), pki.cert(), pki.key())
-        });
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start etcd: {e}; {SETUP}"));
-        let etcd = Etcd {
-            child,
-            endpoint,
-            tls,
-            _log: log.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(("127.0.0.1", client_port)).is_ok()
-                && run(etcd.etcdctl().args(["endpoint", "health"]))
-                    .status
-                    .success()
-            {
-                return etcd;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn etcdctl(&self) -> Command {
-        let mut cmd = Command::new(tool("etcdctl"));
-        cmd.env("ETCDCTL_API", "3").args([
-            "--endpoints",
-            &self.endpoint,
-            "--command-timeout",
-            "20s",
-        ]);
-        if let Some((ca, cert, key)) = &self.tls {
-            cmd.arg("--cacert")
-                .arg(ca)
-                .arg("--cert")
-                .arg(cert)
-                .arg("--key")
-                .arg(key);
-        }
-        cmd
-    }
-
-    fn put(&self, key: &str, value: &str) {
-        ok(self.etcdctl().args(["put", key, value]));
-    }
-
-    /// Keys under `prefix` with their mod revision, and the store's revision.
-    fn keys(&self, prefix: &str) -> (Vec<(String, String, i64)>, i64) {
-        let json = ok(self
-            .etcdctl()
-            .args(["get", "--prefix", prefix, "-w", "json"]));
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let decode = |v: &serde_json::Value| {
-            let text = v.as_str().unwrap();
-            String::from_utf8(base64_decode(text)).unwrap()
-        };
-        let kvs = value["kvs"]
-            .as_array()
-            .map(|kvs| {
-                kvs.iter()
-                    .map(|kv| {
-                        (
-                            decode(&kv["key"]),
-                            decode(&kv["value"]),
-                            kv["mod_revision"].as_i64().unwrap(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        (kvs, value["header"]["revision"].as_i64().unwrap())
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
-}
-
-fn vcbackup() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vcbackup"));
-    // Nothing from the environment of whoever runs the tests.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VCBACKUP_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-/// An age identity and its recipient.
-fn age_key(dir: &Path) -> (PathBuf, String) {
-    let identity = dir.join("identity.txt");
-    let output = run(Command::new(tool("age-keygen")).arg("-o").arg(&identity));
-    assert!(output.status.success(), "age-keygen failed");
-    let text = std::fs::read_to_string(&identity).unwrap();
-    let recipient = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap()
-        .to_string();
-    (identity, recipient)
-}
 
 /// Takes a backup of `source` into `dest` and returns its manifest.
 fn backup(source: &str, dest: &Path, extra: &[&str]) -> serde_json::Value {
@@ -377,21 +55,6 @@ fn restore_latest(dest: &Path, to: &Path, identity: Option<&Path>) {
     ok(&mut restore);
 }
 
-/// `etcdctl snapshot restore` of `snapshot`, then etcd started on the result.
-fn restore_and_start(snapshot: &Path, dir: &Path, name: &str) -> Etcd {
-    let data_dir = dir.join(format!("{name}-restored"));
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    ok(Command::new(tool("etcdctl"))
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "restore"])
-        .arg(snapshot)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--name", name, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("{name}={peer}")]));
-    Etcd::start(&data_dir, name, Some(peer), None)
-}
-
 fn assert_keys(etcd: &Etcd, count: usize) {
     let (kvs, _) = etcd.keys("/registry/");
     let expected: Vec<(String, String)> = (0..count)
@@ -421,7 +84,10 @@ fn plain_http_backup_restores_with_etcdctl() {
     let dir = TempDir::new().unwrap();
     let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
     put_pods(&etcd, 12);
-    let (identity, recipient) = age_key(dir.path());
+    let Keys {
+        identity,
+        recipient,
+    } = age_keygen(dir.path(), "identity.txt");
     let dest = dir.path().join("backups");
     let manifest = backup(&etcd.endpoint, &dest, &["--recipient", &recipient]);
     assert_eq!(manifest["kind"], "etcd");
@@ -477,7 +143,7 @@ fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
         // Incompressible, and under the 128 KiB limit of one command-line argument.
         let mut raw = vec![0u8; 60_000];
         rng.fill_bytes(&mut raw);
-        let value = hex_encode(&raw);
+        let value = hex::encode(&raw);
         etcd.put(&format!("/registry/secrets/default/s{i:03}"), &value);
         values.push(value);
     }
@@ -500,17 +166,16 @@ fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
     assert_eq!(restored_values, values);
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn tls_with_client_certificates_as_in_a_vcluster_pod() {
     let dir = TempDir::new().unwrap();
     let pki = Pki::new(dir.path());
     let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, Some(&pki));
     put_pods(&etcd, 7);
-    let (identity, recipient) = age_key(dir.path());
+    let Keys {
+        identity,
+        recipient,
+    } = age_keygen(dir.path(), "identity.txt");
     let dest = dir.path().join("backups");
     // No certificate flags: the defaults under --data-dir are the vCluster files.
     let manifest = backup(
@@ -585,16 +250,18 @@ fn consistent_while_a_writer_keeps_writing() {
     writer.join().unwrap();
 
     let revision = manifest["revision"].as_i64().expect("revision in manifest");
-    let listed = ok(vcbackup()
-        .args([
-            "list",
-            "--output",
-            "json",
-            "--name",
-            "demo",
-            "--destination",
-        ])
-        .arg(format!("file://{}", dest.display())));
+    let listed = ok_stdout(
+        vcbackup()
+            .args([
+                "list",
+                "--output",
+                "json",
+                "--name",
+                "demo",
+                "--destination",
+            ])
+            .arg(format!("file://{}", dest.display())),
+    );
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed[0]["revision"].as_i64(), Some(revision));
 
@@ -741,7 +408,9 @@ fn auto_detection_reports_what_it_chose_and_where_it_looked() {
             "1s",
         ])
         .args(["--data-dir", data_arg, "--destination"])
-        .arg(format!("file://{}", dir.path().join("b").display())));
+        .arg(format!("file://{}", dir.path().join("b").display()))
+        // What was detected and what it waits for are logged at info.
+        .env("VCBACKUP_LOG", "info"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
@@ -767,74 +436,14 @@ fn auto_detection_reports_what_it_chose_and_where_it_looked() {
             data_arg,
         ])
         .arg("--destination")
-        .arg(format!("file://{}", dir.path().join("b").display())));
+        .arg(format!("file://{}", dir.path().join("b").display()))
+        .env("VCBACKUP_LOG", "info"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("k3s distro layout"), "{stderr}");
     assert!(
         stderr.contains("server/db/state.db: not an SQLite database"),
         "{stderr}"
     );
-}
-
-/// A cluster of `n` members on loopback, as HA embedded etcd runs one member
-/// per control-plane replica; each member's endpoint stands for "its" pod.
-fn start_cluster(dir: &Path, n: usize) -> Vec<Etcd> {
-    let members: Vec<(String, u16, u16)> = (0..n)
-        .map(|i| (format!("m{i}"), free_port(), free_port()))
-        .collect();
-    let initial_cluster = members
-        .iter()
-        .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let cluster: Vec<Etcd> = members
-        .iter()
-        .map(|(name, client, peer)| {
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = dir.join(format!("{name}.log"));
-            let child = Command::new(tool("etcd"))
-                .args(["--name", name, "--data-dir"])
-                .arg(dir.join(name))
-                .args(["--listen-client-urls", &endpoint])
-                .args(["--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &initial_cluster])
-                .args(["--initial-cluster-state", "new"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("start etcd: {e}; {SETUP}"));
-            Etcd {
-                child,
-                endpoint,
-                tls: None,
-                _log: log,
-            }
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for member in &cluster {
-        while !run(member.etcdctl().args(["endpoint", "health"]))
-            .status
-            .success()
-        {
-            assert!(Instant::now() < deadline, "the etcd cluster did not form");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    cluster
-}
-
-/// `(member ID, leader ID)` of one member, in hex as the manifest records them.
-fn member_and_leader(etcd: &Etcd) -> (String, String) {
-    let json = ok(etcd.etcdctl().args(["endpoint", "status", "-w", "json"]));
-    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let status = &value[0]["Status"];
-    let hex = |v: &serde_json::Value| format!("{:x}", v.as_u64().unwrap());
-    (hex(&status["header"]["member_id"]), hex(&status["leader"]))
 }
 
 #[test]
@@ -864,11 +473,11 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
         })
         .collect();
     let status = |port: u16| -> Option<serde_json::Value> {
-        let (_, body) = common::http_get(port, "/status")?;
+        let (_, body) = http_get(port, "/status")?;
         serde_json::from_str(&body).ok()
     };
     // Every agent has decided, and the leader's agent has backed up a few slots.
-    common::wait_for("three backups", Duration::from_secs(60), || {
+    wait_for("three backups", Duration::from_secs(60), || {
         let decided = agents.iter().all(|(_, port)| {
             status(*port).is_some_and(|s| !s["standby"].is_null() || !s["last_success"].is_null())
         });
@@ -883,7 +492,7 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
         .collect();
     let metrics: Vec<String> = agents
         .iter()
-        .map(|(_, port)| common::http_get(*port, "/metrics").unwrap().1)
+        .map(|(_, port)| http_get(*port, "/metrics").unwrap().1)
         .collect();
     for (mut child, _) in agents {
         let _ = child.kill();
@@ -894,7 +503,7 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
     let leader = &ids[0].1;
     let leader_index = ids.iter().position(|(member, _)| member == leader).unwrap();
     for (i, status) in statuses.iter().enumerate() {
-        let standby = common::metric(&metrics[i], "vcbackup_standby").unwrap();
+        let standby = metric(&metrics[i], "vcbackup_standby").unwrap();
         if i == leader_index {
             assert!(status["standby"].is_null(), "leader's agent: {status}");
             assert_eq!(standby, 0.0);
@@ -904,10 +513,7 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
             assert_eq!(standby, 1.0);
             // Standing by is not a failure, and freshness follows the leader's backups.
             assert!(status["last_failure"].is_null(), "{status}");
-            assert!(
-                common::metric(&metrics[i], "vcbackup_last_success_timestamp_seconds").unwrap()
-                    > 0.0
-            );
+            assert!(metric(&metrics[i], "vcbackup_last_success_timestamp_seconds").unwrap() > 0.0);
         }
     }
     // Every stored backup is a snapshot of the leader's member, one per slot.

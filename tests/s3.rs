@@ -3,12 +3,12 @@
 //! built binary, as an operator or a Helm chart would.
 
 mod common;
-mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::*;
+use common::s3::*;
+use common::*;
 
 const ACCESS_KEY: &str = "AKIAVCBACKUPTEST0001";
 const SECRET: &str = "vcbackup/test/secret/0123456789abcdefghij";
@@ -33,8 +33,8 @@ struct Fixture {
 fn fixture(db_bytes: usize) -> Fixture {
     let scene = Scene::new();
     let source = scene.path("state.db");
-    kine_db(&source, db_bytes);
-    let keys = common::age_keys(scene.dir.path(), "key.txt");
+    incompressible_kine_db(&source, db_bytes);
+    let keys = age_keys(scene.dir.path(), "key.txt");
     Fixture {
         source: source.display().to_string(),
         identity: keys.identity.display().to_string(),
@@ -110,7 +110,7 @@ impl Fixture {
 
 #[test]
 fn backup_list_restore_round_trip_through_s3s_fs() {
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     // Two parts of 5 MiB: the multipart path.
     let mut f = fixture(MULTIPART_DB);
     f.scene.static_keys(ACCESS_KEY, SECRET);
@@ -134,7 +134,7 @@ fn backup_list_restore_round_trip_through_s3s_fs() {
 
 #[test]
 fn a_wrong_secret_fails_with_a_clear_message() {
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let mut f = fixture(MIB);
     let wrong = "not-the-secret-0123456789abcdefghijklmn";
     f.scene.static_keys(ACCESS_KEY, wrong);
@@ -167,7 +167,7 @@ fn a_wrong_secret_fails_with_a_clear_message() {
 
 #[test]
 fn a_missing_bucket_is_named() {
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let mut f = fixture(MIB);
     f.scene.static_keys(ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "").replace("s3://backups/", "s3://elsewhere/");
@@ -187,11 +187,11 @@ fn a_missing_bucket_is_named() {
 fn the_daemon_keeps_retention_healthy_on_a_server_without_list_multipart_uploads() {
     // s3s-fs, like some S3-compatible stores, answers ListMultipartUploads with
     // NotImplemented: the stale-upload sweep must warn once, not fail every run.
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let mut f = fixture(MIB);
     f.scene.static_keys(ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "");
-    let port = common::free_port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut daemon = f
         .scene
@@ -217,12 +217,12 @@ fn the_daemon_keeps_retention_healthy_on_a_server_without_list_multipart_uploads
         .spawn()
         .unwrap();
     // Retention after the third backup deletes the first.
-    let metrics = common::wait_for(
+    let metrics = wait_for(
         "retention to delete a backup",
         Duration::from_secs(60),
         || {
-            let (_, text) = common::http_get(port, "/metrics")?;
-            let deleted = common::metric(&text, "vcbackup_retention_deleted_total")?;
+            let (_, text) = http_get(port, "/metrics")?;
+            let deleted = metric(&text, "vcbackup_retention_deleted_total")?;
             (deleted >= 1.0).then_some(text)
         },
     );
@@ -231,7 +231,7 @@ fn the_daemon_keeps_retention_healthy_on_a_server_without_list_multipart_uploads
     let stderr = String::from_utf8_lossy(&output.stderr);
 
     assert_eq!(
-        common::metric(
+        metric(
             &metrics,
             r#"vcbackup_backup_failures_total{stage="retention"}"#
         ),
@@ -250,10 +250,7 @@ fn the_daemon_keeps_retention_healthy_on_a_server_without_list_multipart_uploads
         "{stderr}"
     );
     // Retention still ran: the newest two backups are left.
-    assert_eq!(
-        common::metric(&metrics, "vcbackup_snapshots_stored"),
-        Some(2.0)
-    );
+    assert_eq!(metric(&metrics, "vcbackup_snapshots_stored"), Some(2.0));
     assert_eq!(f.list(&dest).len(), 2, "{stderr}");
 }
 
@@ -278,7 +275,7 @@ fn an_unreachable_endpoint_is_named() {
 
 #[test]
 fn transient_part_errors_are_retried() {
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let proxy = FaultProxy::start(
         server.addr,
         Faults {
@@ -305,7 +302,7 @@ fn transient_part_errors_are_retried() {
 
 #[test]
 fn a_connection_cut_mid_part_is_retried() {
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let proxy = FaultProxy::start(
         server.addr,
         Faults {
@@ -327,7 +324,7 @@ fn a_connection_cut_mid_part_is_retried() {
 
 #[test]
 fn a_persistent_failure_aborts_the_upload() {
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let proxy = FaultProxy::start(
         server.addr,
         Faults {
@@ -358,7 +355,7 @@ fn a_persistent_failure_aborts_the_upload() {
 #[test]
 fn eks_pod_identity_credentials_are_refreshed_during_a_long_backup() {
     const LIFETIME: Duration = Duration::from_secs(6);
-    let keys = std::sync::Arc::new(Keys::default());
+    let keys = std::sync::Arc::new(AccessKeys::default());
     let server = S3sFs::start(keys.clone());
     // Every request waits two seconds: the backup's five requests outlast one credential lifetime.
     let proxy = FaultProxy::start(
@@ -605,9 +602,9 @@ fn prune_aborts_unfinished_uploads_older_than_the_limit_under_its_prefix_only() 
 
 #[test]
 fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
-    common::tool("age");
-    common::tool("zstd");
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    tool("age");
+    tool("zstd");
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let mut f = fixture(MULTIPART_DB);
     f.scene.static_keys(ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "");
@@ -728,7 +725,7 @@ impl Fixture {
 
 #[test]
 fn concurrent_agents_under_one_name_never_lose_a_backup_on_s3s_fs() {
-    let server = S3sFs::start(Keys::with(ACCESS_KEY, SECRET));
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     // One of the two sizes is multipart (CompleteMultipartUpload), the other a single PUT.
     for db in [MULTIPART_DB, 64 << 10] {
         let mut f = fixture(db);

@@ -1,7 +1,12 @@
 //! A database shaped like the one kine keeps for a vCluster: kine's schema and
 //! indexes, `/registry/...` keys, values like Kubernetes objects (repeated
 //! field names, random UIDs and hashes) that compress 3–6× with zstd -3, and
-//! WAL mode. Deterministic for a seed. Shared by the tests and the benchmark.
+//! WAL mode. Deterministic for a seed. Shared by the tests and the benchmark
+//! (`examples/gen_kine_db.rs`), which uses only the generator.
+//!
+//! The tests' helpers are at the end: a small database, an incompressible one
+//! (its backup about as large, for multipart uploads), and a digest of the rows.
+#![allow(dead_code)]
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -121,6 +126,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The size of one incompressible value: a row then fills most of a page.
+pub const RANDOM_VALUE_BYTES: usize = 4000;
+
+/// What the rows' values are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Values {
+    /// Like Kubernetes objects ([`object`]): they compress 3–6× with zstd -3.
+    Objects,
+    /// [`RANDOM_VALUE_BYTES`] random bytes each: the backup is as large as
+    /// the values.
+    Incompressible,
+}
+
 /// Fills `conn` until the database file is at least `target_bytes`, in
 /// kine-shaped transactions (creates and updates of /registry keys).
 pub fn fill(
@@ -129,6 +147,24 @@ pub fn fill(
     target_bytes: u64,
     seed: u64,
 ) -> rusqlite::Result<i64> {
+    fill_with(conn, path, target_bytes, seed, Values::Objects)
+}
+
+/// [`fill`] with `values`. With incompressible values the target is the
+/// values' total instead, reached in transactions of 16 rows (64,000 bytes), so
+/// the backup is about `target_bytes` whatever kine's indexes take.
+pub fn fill_with(
+    conn: &mut Connection,
+    path: &std::path::Path,
+    target_bytes: u64,
+    seed: u64,
+    values: Values,
+) -> rusqlite::Result<i64> {
+    let rows_per_transaction = match values {
+        Values::Objects => 2000,
+        Values::Incompressible => 16,
+    };
+    let mut value_bytes: u64 = 0;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut keys: Vec<(String, i64)> = Vec::new();
     let mut rev: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM kine", [], |r| r.get(0))?;
@@ -139,7 +175,7 @@ pub fn fill(
                 "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
                  VALUES (?1, ?2, 0, ?3, ?4, 0, ?5, x'')",
             )?;
-            for _ in 0..2000 {
+            for _ in 0..rows_per_transaction {
                 rev += 1;
                 let (key, created, create_rev, prev) = if !keys.is_empty() && rng.random_bool(0.6) {
                     let i = rng.random_range(0..keys.len());
@@ -156,14 +192,61 @@ pub fn fill(
                     keys.push((key.clone(), rev));
                     (key, 1, rev, 0)
                 };
-                let value = object(&mut rng, &key, rev);
+                let value = match values {
+                    Values::Objects => object(&mut rng, &key, rev),
+                    Values::Incompressible => {
+                        let mut value = vec![0u8; RANDOM_VALUE_BYTES];
+                        rng.fill(&mut value[..]);
+                        value
+                    }
+                };
+                value_bytes += value.len() as u64;
                 insert.execute(params![key, created, create_rev, prev, value])?;
             }
         }
         tx.commit()?;
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) >= target_bytes {
+        let reached = match values {
+            Values::Objects => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            Values::Incompressible => value_bytes,
+        };
+        if reached >= target_bytes {
             return Ok(rev);
         }
     }
+}
+
+// ---------------------------------------------------------------- for the tests
+
+/// A kine database in WAL mode of at least `bytes`, compressible as a real
+/// one; returns its revision.
+pub fn small_kine_db(path: &std::path::Path, bytes: u64) -> i64 {
+    let mut conn = open(path).unwrap();
+    fill(&mut conn, path, bytes, 7).unwrap()
+}
+
+/// A kine database in WAL mode whose incompressible values add up to
+/// `bytes`, rounded up to a multiple of 64,000: its backup is about that large.
+pub fn incompressible_kine_db(path: &std::path::Path, bytes: usize) {
+    let mut conn = open(path).unwrap();
+    fill_with(&mut conn, path, bytes as u64, 7, Values::Incompressible).unwrap();
+}
+
+/// A digest of a kine database's rows, to compare a restore with its source.
+pub fn kine_digest(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let conn = Connection::open(path).unwrap();
+    let mut statement = conn
+        .prepare("SELECT id, name, value FROM kine ORDER BY id")
+        .unwrap();
+    let mut rows = statement.query([]).unwrap();
+    let mut hash = Sha256::new();
+    let mut count = 0;
+    while let Some(row) = rows.next().unwrap() {
+        hash.update(row.get::<_, i64>(0).unwrap().to_le_bytes());
+        hash.update(row.get::<_, String>(1).unwrap());
+        hash.update(row.get::<_, Vec<u8>>(2).unwrap());
+        count += 1;
+    }
+    format!("{count} rows {}", hex::encode(hash.finalize()))
 }
