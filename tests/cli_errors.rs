@@ -44,6 +44,11 @@ fn every_user_error_prints_exactly_its_message() {
     std::fs::write(cwd.join("key.txt"), format!("{KEY}\n")).unwrap();
     std::fs::write(cwd.join("other.txt"), format!("{OTHER_KEY}\n")).unwrap();
     std::fs::write(cwd.join("garbage.txt"), "AGE-SECRET-KEY-1NOPE\n").unwrap();
+    // Owner-only, as identities should be: no permission warning in the pinned output.
+    for key in ["key.txt", "other.txt", "garbage.txt"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(cwd.join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     std::fs::create_dir(cwd.join("empty")).unwrap();
     let backups = file_url(&cwd.join("backups"));
     let backup = ok_stdout(vcbackup().current_dir(cwd).args([

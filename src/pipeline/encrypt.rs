@@ -103,7 +103,17 @@ fn parse_recipient(text: &str) -> Result<Box<dyn age::Recipient + Send + Sync>> 
     if text.starts_with("ssh-") {
         return age::ssh::Recipient::from_str(text)
             .map(|r| Box::new(r) as _)
-            .map_err(|err| anyhow!("{err:?}; expected an ssh-ed25519 or ssh-rsa public key"));
+            .map_err(|err| {
+                use age::ssh::ParseRecipientKeyError as Why;
+                let why = match err {
+                    Why::Invalid(why) => why.to_string(),
+                    Why::RsaModulusTooLarge => "the RSA key is larger than age supports".into(),
+                    Why::RsaModulusTooSmall => "the RSA key is weaker than 2048 bits".into(),
+                    Why::Unsupported(kind) => format!("{kind} keys are not supported"),
+                    Why::Ignore => "not a key age can encrypt to".into(),
+                };
+                anyhow!("{why}; expected an ssh-ed25519 or ssh-rsa public key")
+            });
     }
     bail!("expected an age X25519 public key (age1…) or an ssh-ed25519/ssh-rsa public key")
 }

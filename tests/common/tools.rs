@@ -29,6 +29,8 @@ pub fn age_keys(dir: &Path, name: &str) -> Keys {
     let identity = age::x25519::Identity::generate();
     let path = dir.join(name);
     std::fs::write(&path, format!("{}\n", identity.to_string().expose_secret())).unwrap();
+    // Owner-only, as an operator keeps it: other modes get a warning (tested on its own).
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     Keys {
         identity: path,
         recipient: identity.to_public().to_string(),
