@@ -9,6 +9,7 @@ mod backup;
 mod catalog;
 mod cli;
 mod daemon;
+mod error_chain;
 mod http;
 mod manifest;
 mod metrics;
