@@ -25,8 +25,8 @@ pub trait Backend: Send + Sync {
 
     fn storage(&self) -> &dyn Storage;
 
-    /// The unfinished writes the backend holds, as its own names (files,
-    /// upload IDs): what a failed or cancelled put must not leave.
+    /// The names of the files that hold unfinished writes (partial files, a
+    /// server's upload files): what a failed or cancelled put must not leave.
     async fn leftovers(&self) -> Vec<String>;
 
     /// Leaves an unfinished write of `key` as a killed agent would, started

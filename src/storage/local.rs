@@ -277,15 +277,4 @@ mod tests {
     mod conformance {
         crate::storage::conformance::storage_conformance!(super::local);
     }
-
-    #[tokio::test]
-    async fn objects_are_for_the_owner_only() {
-        let backend = local().await;
-        crate::storage::put_bytes(&backend.storage, "a", b"x".to_vec())
-            .await
-            .unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&backend.storage.dir), DIR_MODE);
-        assert_eq!(mode(&backend.storage.dir.join("a")), OBJECT_MODE);
-    }
 }

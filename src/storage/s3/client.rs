@@ -227,8 +227,8 @@ impl Bucket {
         .await
     }
 
-    /// Every abort goes out as this request: after a failed upload, from
-    /// [`AbortOnDrop`](super::multipart), and in the stale-upload sweep.
+    /// Every abort goes out as this request: after a failed upload, when a put
+    /// is cancelled, and in the stale-upload sweep.
     pub fn abort_multipart_upload(
         &self,
         key: &str,

@@ -258,9 +258,12 @@ impl Drop for AbortOnDrop {
         let Some(request) = self.request.take() else {
             return;
         };
+        // No settling here: a shutdown gives the runtime half a second, so the
+        // parts are cancelled (dropping `in_flight`) and the abort goes at once.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let in_flight = std::mem::take(&mut self.in_flight);
-            runtime.spawn(settle_then_abort(in_flight, request));
+            runtime.spawn(async move {
+                let _ = request.send().await;
+            });
         }
     }
 }

@@ -81,6 +81,9 @@ impl S3Options {
             part_size: DEFAULT_PART_SIZE,
             concurrency: DEFAULT_CONCURRENCY,
         };
+        // By hand rather than a serde struct: serde_urlencoded says "unknown
+        // field" and reports a bad number without naming its option, and every
+        // value here needs its own check and message anyway.
         let mut seen = Vec::new();
         for (name, value) in url.query_pairs() {
             if seen.contains(&name) {
