@@ -156,6 +156,7 @@ pub async fn export(
                 persisted
                     .map_err(|err| err.error)
                     .with_context(|| format!("move the archive to {}", path.display()))?;
+                crate::durable::sync_parent(&path)?;
                 Ok(keys)
             })
             .await

@@ -9,6 +9,8 @@ mod backup;
 mod catalog;
 mod cli;
 mod daemon;
+mod durable;
+mod error_chain;
 mod export;
 mod http;
 mod keyvalue;

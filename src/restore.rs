@@ -350,10 +350,5 @@ fn install(temp: NamedTempFile, target: &Path, force: bool) -> Result<()> {
     persisted
         .map_err(|err| err.error)
         .with_context(|| format!("move the restored file to {}", target.display()))?;
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("sync directory {}", dir.display()))?;
-    }
-    Ok(())
+    crate::durable::sync_parent(target)
 }

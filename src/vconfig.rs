@@ -156,7 +156,8 @@ pub fn write_config(path: &Path, yaml: &[u8], force: bool) -> Result<()> {
         })?;
     file.write_all(yaml)
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("write {}", path.display()))
+        .with_context(|| format!("write {}", path.display()))?;
+    crate::durable::sync_parent(path)
 }
 
 /// The saved config of the backup `selector` picks, decrypted and checked,

@@ -339,15 +339,7 @@ fn explain_chain(
     what: &str,
     err: &(dyn std::error::Error + 'static),
 ) -> anyhow::Error {
-    let mut cause = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !cause.contains(&text) {
-            cause = format!("{cause}: {text}");
-        }
-        source = inner.source();
-    }
+    let cause = crate::error_chain::flatten(err, &[]);
     let lower = cause.to_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
     let hint = if has(&["badcertificate", "bad certificate", "certificaterequired"]) {

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncWriteExt;
 
-use super::{Body, ObjectExists, ObjectInfo, ObjectNotFound, ObjectReader, Storage};
+use super::{
+    Body, ObjectExists, ObjectInfo, ObjectNotFound, ObjectReader, Storage, check_key,
+    is_object_name,
+};
 
 /// Objects being written carry this prefix until they are complete; listing skips them.
 const PARTIAL_PREFIX: &str = ".partial-";
@@ -28,10 +31,7 @@ impl LocalStorage {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
-        // Keys are our own object names; refuse anything that could leave the directory.
-        if key.is_empty() || key.contains('/') || key.starts_with('.') {
-            anyhow::bail!("invalid object name {key:?}");
-        }
+        check_key(key)?;
         Ok(self.dir.join(key))
     }
 
@@ -107,11 +107,9 @@ impl Storage for LocalStorage {
         let path = self.path(key)?;
         match tokio::fs::File::open(&path).await {
             Ok(file) => Ok(Box::pin(file)),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(ObjectNotFound {
-                key: key.to_string(),
-                location: self.location(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                Err(ObjectNotFound::error(self, key))
             }
-            .into()),
             Err(err) => Err(err).with_context(|| format!("open {}", path.display())),
         }
     }
@@ -129,10 +127,11 @@ impl Storage for LocalStorage {
             .await
             .with_context(|| format!("list {}", self.dir.display()))?
         {
+            // Our own objects only: no unfinished `.partial-*` file.
             let Ok(key) = entry.file_name().into_string() else {
                 continue;
             };
-            if key.starts_with('.') {
+            if !is_object_name(&key) {
                 continue;
             }
             let meta = entry
@@ -216,48 +215,61 @@ impl Drop for RemoveOnDrop<'_> {
 /// Makes a rename or link in `dir` durable.
 async fn sync_dir(dir: &Path) -> Result<()> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("sync directory {}", dir.display()))
-    })
-    .await?
+    tokio::task::spawn_blocking(move || crate::durable::sync_dir(&dir)).await?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{body_channel, get_bytes, put_bytes};
-    use std::io::Write;
+    use crate::storage::conformance::Backend;
+    use std::time::{Duration, SystemTime};
 
-    #[tokio::test]
-    async fn put_get_list_delete() {
-        let tmp = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::new(tmp.path().join("demo"));
-        assert!(storage.list().await.unwrap().is_empty());
-        put_bytes(&storage, "a.json", b"{}".to_vec()).await.unwrap();
-        assert_eq!(get_bytes(&storage, "a.json", 10).await.unwrap(), b"{}");
-        let listed = storage.list().await.unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!((listed[0].key.as_str(), listed[0].size), ("a.json", 2));
-        assert!(put_bytes(&storage, "a.json", b"x".to_vec()).await.is_err());
-        assert_eq!(get_bytes(&storage, "a.json", 10).await.unwrap(), b"{}");
-        storage.delete("a.json").await.unwrap();
-        storage.delete("a.json").await.unwrap();
-        let err = storage.get("a.json").await.err().unwrap();
-        assert!(err.downcast_ref::<ObjectNotFound>().is_some());
+    struct Local {
+        storage: LocalStorage,
+        _root: tempfile::TempDir,
     }
 
-    #[tokio::test]
-    async fn an_incomplete_body_leaves_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::new(tmp.path().to_path_buf());
-        let (mut writer, body) = body_channel(4, 8);
-        tokio::task::spawn_blocking(move || writer.write_all(b"0123456789"))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(storage.put("b", body).await.is_err());
-        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    async fn local() -> Local {
+        let root = tempfile::tempdir().unwrap();
+        // A directory not made yet, as before the first backup.
+        let storage = LocalStorage::new(root.path().join("demo"));
+        Local {
+            storage,
+            _root: root,
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Local {
+        const SCHEME: &'static str = "file://";
+
+        fn storage(&self) -> &dyn Storage {
+            &self.storage
+        }
+
+        /// Every hidden file: objects are never hidden, unfinished writes are.
+        async fn leftovers(&self) -> Vec<String> {
+            let Ok(entries) = std::fs::read_dir(&self.storage.dir) else {
+                return Vec::new();
+            };
+            let mut names: Vec<_> = entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect();
+            names.sort();
+            names
+        }
+
+        async fn leave_unfinished(&self, key: &str, age: Duration) -> String {
+            std::fs::create_dir_all(&self.storage.dir).unwrap();
+            let name = format!("{PARTIAL_PREFIX}{key}.1.0000abcd");
+            let file = std::fs::File::create(self.storage.dir.join(&name)).unwrap();
+            file.set_modified(SystemTime::now() - age).unwrap();
+            name
+        }
+    }
+
+    mod conformance {
+        crate::storage::conformance::storage_conformance!(super::local);
     }
 }

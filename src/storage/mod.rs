@@ -3,6 +3,8 @@
 //! (see `catalog`), so backends never repeat them.
 
 mod body;
+#[cfg(test)]
+mod conformance;
 mod local;
 mod s3;
 
@@ -65,6 +67,32 @@ pub trait Storage: Send + Sync {
 pub struct ObjectNotFound {
     pub key: String,
     pub location: String,
+}
+
+impl ObjectNotFound {
+    /// What [`Storage::get`] fails with when `storage` has no object `key`.
+    fn error(storage: &dyn Storage, key: &str) -> anyhow::Error {
+        ObjectNotFound {
+            key: key.to_string(),
+            location: storage.location(),
+        }
+        .into()
+    }
+}
+
+/// Whether `key` can be one of our object names: one plain name, so that no
+/// key reaches outside its directory or prefix, and not hidden, since
+/// unfinished writes (`.partial-*` files) are.
+fn is_object_name(key: &str) -> bool {
+    !key.is_empty() && !key.contains('/') && !key.starts_with('.')
+}
+
+/// Refuses a key that [`is_object_name`] rejects.
+fn check_key(key: &str) -> Result<()> {
+    if !is_object_name(key) {
+        bail!("invalid object name {key:?}");
+    }
+    Ok(())
 }
 
 /// Another writer already stored an object under this key; it was left as it is.
