@@ -206,19 +206,40 @@ fn kine_at(path: &Path, rev: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 const CONFIG_YAML: &str = "controlPlane:\n  distro:\n    k8s:\n      enabled: true\n  statefulSet:\n    env:\n      - name: SECRET_TOKEN\n        value: hunter2-not-for-logs\n";
 
-#[test]
-fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
+/// A test's fresh directory: where its kine database and backups go, an age
+/// key (from the real age-keygen), and [`CONFIG_YAML`] written to `config`.
+struct Setup {
+    tmp: tempfile::TempDir,
+    db: PathBuf,
+    dest: PathBuf,
+    identity: PathBuf,
+    recipient: String,
+    config: PathBuf,
+}
+
+fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("state.db");
-    let dest = tmp.path().join("backups");
     let Keys {
         identity,
         recipient,
     } = age_keygen(tmp.path(), "key.txt");
     let config = tmp.path().join("config.yaml");
     std::fs::write(&config, CONFIG_YAML).unwrap();
+    Setup {
+        db: tmp.path().join("state.db"),
+        dest: tmp.path().join("backups"),
+        identity,
+        recipient,
+        config,
+        tmp,
+    }
+}
 
-    let conn = kine::open(&db).unwrap();
+#[test]
+fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
+    let s = setup();
+
+    let conn = kine::open(&s.db).unwrap();
     let long = format!("/registry/configmaps/default/{}", "long-name-".repeat(20));
     let pod = |i: usize| format!("/registry/pods/ns-{}/p{i:04}", i % 7);
     for i in 0..2000 {
@@ -250,7 +271,7 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
     // A writer keeps creating, updating and deleting keys while the backup runs.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (db, stop) = (db.clone(), Arc::clone(&stop));
+        let (db, stop) = (s.db.clone(), Arc::clone(&stop));
         std::thread::spawn(move || {
             let conn = Connection::open(&db).unwrap();
             conn.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -264,7 +285,7 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
         })
     };
     std::thread::sleep(Duration::from_millis(200));
-    let out = ok(backup(&db, &dest, &recipient, &config).args([
+    let out = ok(backup(&s.db, &s.dest, &s.recipient, &s.config).args([
         "--chart-version",
         "0.30.5",
         "--namespace",
@@ -277,10 +298,10 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("hunter2"), "the config leaked: {stderr}");
 
-    let (backup, manifest) = only_backup(&dest);
+    let (backup, manifest) = only_backup(&s.dest);
     let revision = manifest["revision"].as_i64().unwrap();
-    let expected = kine_at(&db, revision);
-    let max_id: i64 = Connection::open(&db)
+    let expected = kine_at(&s.db, revision);
+    let max_id: i64 = Connection::open(&s.db)
         .unwrap()
         .query_row("SELECT max(id) FROM kine", [], |r| r.get(0))
         .unwrap();
@@ -292,22 +313,22 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
 
     // The config: saved beside the backup, sealed, listed.
     let saved = &manifest["config"];
-    let config_object = dest.join("demo").join(saved["name"].as_str().unwrap());
+    let config_object = s.dest.join("demo").join(saved["name"].as_str().unwrap());
     let sealed = std::fs::read(&config_object).unwrap();
     assert!(sealed.starts_with(b"age-encryption.org/"));
     assert!(!String::from_utf8_lossy(&sealed).contains("hunter2"));
     assert_eq!(saved["release"]["chart_version"], "0.30.5");
-    let listed = list_json(&file_url(&dest), "demo");
+    let listed = list_json(&file_url(&s.dest), "demo");
     assert_eq!(listed[0]["config"], true);
 
     // Export from the destination.
-    let archive = tmp.path().join("out").join("demo.tar.gz");
+    let archive = s.tmp.path().join("out").join("demo.tar.gz");
     std::fs::create_dir(archive.parent().unwrap()).unwrap();
     ok(vcbackup()
         .args(["export", "latest", "--name", "demo", "--destination"])
-        .arg(file_url(&dest))
+        .arg(file_url(&s.dest))
         .arg("--identity")
-        .arg(&identity)
+        .arg(&s.identity)
         .arg("-o")
         .arg(&archive));
     assert_eq!(mode(&archive), 0o600);
@@ -329,17 +350,17 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
     assert_eq!(keys(&entries), expected);
 
     // The same through standard output, from the downloaded file.
-    let piped = ok(export_input(&backup, &identity).args(["-o", "-"]));
-    let piped_path = tmp.path().join("piped.tar.gz");
+    let piped = ok(export_input(&backup, &s.identity).args(["-o", "-"]));
+    let piped_path = s.tmp.path().join("piped.tar.gz");
     std::fs::write(&piped_path, &piped.stdout).unwrap();
     assert_eq!(read_archive(&piped_path), entries);
 
     // restore --config-out writes the YAML back, owner-only.
-    let restored_config = tmp.path().join("values.yaml");
+    let restored_config = s.tmp.path().join("values.yaml");
     ok(&mut restore_config_out(
-        &dest,
-        &identity,
-        &tmp.path().join("restored.db"),
+        &s.dest,
+        &s.identity,
+        &s.tmp.path().join("restored.db"),
         &restored_config,
     ));
     assert_eq!(
@@ -351,31 +372,25 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
 
 #[test]
 fn export_errors_name_the_input_and_leave_nothing_behind() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("state.db");
-    let dest = tmp.path().join("backups");
-    let Keys {
-        identity,
-        recipient,
-    } = age_keygen(tmp.path(), "key.txt");
-    let stranger = age_keygen(tmp.path(), "other.txt").identity;
+    let s = setup();
+    let stranger = age_keygen(s.tmp.path(), "other.txt").identity;
     kine_db(
-        &db,
+        &s.db,
         (0..300).map(|i| (format!("/registry/secrets/default/s{i}"), vec![7u8; 3000])),
     );
     // No config file: the backup goes on, with one warning.
     let out = ok(&mut backup(
-        &db,
-        &dest,
-        &recipient,
-        &tmp.path().join("missing.yaml"),
+        &s.db,
+        &s.dest,
+        &s.recipient,
+        &s.tmp.path().join("missing.yaml"),
     ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("no vCluster config").count(), 1, "{stderr}");
-    let (backup, manifest) = only_backup(&dest);
+    let (backup, manifest) = only_backup(&s.dest);
     assert!(manifest.get("config").is_none());
     let shown = backup.display().to_string();
-    let work = tmp.path().join("work");
+    let work = s.tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let archive = work.join("x.tar.gz");
     let export = |input: &Path, key: &Path| {
@@ -396,7 +411,7 @@ fn export_errors_name_the_input_and_leave_nothing_behind() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&corrupt, &bytes).unwrap();
-    let err = error_line(&fails(&mut export(&corrupt, &identity)));
+    let err = error_line(&fails(&mut export(&corrupt, &s.identity)));
     assert!(err.contains(&corrupt.display().to_string()), "{err}");
     let left: Vec<_> = std::fs::read_dir(&work)
         .unwrap()
@@ -405,30 +420,30 @@ fn export_errors_name_the_input_and_leave_nothing_behind() {
     assert_eq!(left, ["copy.zst.age"], "a failed export left files");
 
     // Without a saved config: no release entry, and a warning.
-    let out = ok(&mut export(&backup, &identity));
+    let out = ok(&mut export(&backup, &s.identity));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no release entry"));
     let entries = read_archive(&archive);
     assert!(release(&entries).is_none());
-    assert_eq!(keys(&entries), kine_at(&db, i64::MAX));
+    assert_eq!(keys(&entries), kine_at(&s.db, i64::MAX));
 
     // An existing output is never replaced without --force.
     std::fs::write(&archive, b"keep me").unwrap();
-    let err = error_line(&fails(&mut export(&backup, &identity)));
+    let err = error_line(&fails(&mut export(&backup, &s.identity)));
     assert!(
         err.contains(&archive.display().to_string()) && err.contains("--force"),
         "{err}"
     );
     assert_eq!(std::fs::read(&archive).unwrap(), b"keep me");
-    ok(export(&backup, &identity).arg("--force"));
+    ok(export(&backup, &s.identity).arg("--force"));
     assert_eq!(read_archive(&archive), entries);
 
     // --config-out of a backup without one fails before anything is restored.
-    let target = tmp.path().join("restored.db");
+    let target = s.tmp.path().join("restored.db");
     let err = error_line(&fails(&mut restore_config_out(
-        &dest,
-        &identity,
+        &s.dest,
+        &s.identity,
         &target,
-        &tmp.path().join("values.yaml"),
+        &s.tmp.path().join("values.yaml"),
     )));
     assert!(err.contains("no saved vCluster config"), "{err}");
     assert!(!target.exists());
@@ -475,15 +490,8 @@ fn etcd_all_at(etcd: &Etcd, rev: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 #[test]
 fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
-    let tmp = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(&tmp.path().join("etcd"), "e0", None, None);
-    let dest = tmp.path().join("backups");
-    let Keys {
-        identity,
-        recipient,
-    } = age_keygen(tmp.path(), "key.txt");
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(&config, CONFIG_YAML).unwrap();
+    let s = setup();
+    let etcd = Etcd::start(&s.tmp.path().join("etcd"), "e0", None, None);
 
     // Puts, overwrites and deletes, then a compaction: the snapshot holds
     // several versions of some keys, tombstones and compacted history.
@@ -537,12 +545,17 @@ fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    ok(&mut backup(&etcd.endpoint, &dest, &recipient, &config));
+    ok(&mut backup(
+        &etcd.endpoint,
+        &s.dest,
+        &s.recipient,
+        &s.config,
+    ));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     assert!(writer.join().unwrap() > 0);
 
-    let (backup, manifest) = only_backup(&dest);
+    let (backup, manifest) = only_backup(&s.dest);
     let revision = manifest["revision"].as_i64().unwrap();
     let expected = etcd_all_at(&etcd, revision);
     assert!(
@@ -558,8 +571,8 @@ fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
     );
 
     // From the downloaded file, its manifest and config beside it.
-    let archive = tmp.path().join("etcd.tar.gz");
-    ok(export_input(&backup, &identity).arg("-o").arg(&archive));
+    let archive = s.tmp.path().join("etcd.tar.gz");
+    ok(export_input(&backup, &s.identity).arg("-o").arg(&archive));
     let entries = read_archive(&archive);
     let release = release(&entries).expect("a release entry");
     assert_eq!(
@@ -576,19 +589,11 @@ fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
 
 #[test]
 fn export_to_s3_writes_a_plain_tar_gz_object_with_server_side_encryption() {
-    let tmp = tempfile::tempdir().unwrap();
+    let s = setup();
     let moto = Moto::start();
     moto.aws(&["s3api", "create-bucket", "--bucket", "snapshots"]);
-    let db = tmp.path().join("state.db");
-    let dest = tmp.path().join("backups");
-    let Keys {
-        identity,
-        recipient,
-    } = age_keygen(tmp.path(), "key.txt");
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(&config, CONFIG_YAML).unwrap();
     kine_db(
-        &db,
+        &s.db,
         (0..500).map(|i| {
             (
                 format!("/registry/configmaps/default/c{i:03}"),
@@ -596,7 +601,7 @@ fn export_to_s3_writes_a_plain_tar_gz_object_with_server_side_encryption() {
             )
         }),
     );
-    ok(&mut backup(&db, &dest, &recipient, &config));
+    ok(&mut backup(&s.db, &s.dest, &s.recipient, &s.config));
     let to = format!(
         "s3://snapshots/vcluster/demo/x.tar.gz?endpoint={}&force-path-style=true&region=us-east-1&server-side-encryption=AES256",
         moto.endpoint()
@@ -604,9 +609,9 @@ fn export_to_s3_writes_a_plain_tar_gz_object_with_server_side_encryption() {
     let export = |to: &str| {
         let mut cmd = vcbackup();
         cmd.args(["export", "latest", "--name", "demo", "--destination"])
-            .arg(file_url(&dest))
+            .arg(file_url(&s.dest))
             .arg("-i")
-            .arg(&identity)
+            .arg(&s.identity)
             .args(["--to", to])
             .env("AWS_ACCESS_KEY_ID", &moto.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &moto.secret)
@@ -626,7 +631,7 @@ fn export_to_s3_writes_a_plain_tar_gz_object_with_server_side_encryption() {
     ]);
     let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
     assert_eq!(head["ServerSideEncryption"], "AES256");
-    let fetched = tmp.path().join("fetched.tar.gz");
+    let fetched = s.tmp.path().join("fetched.tar.gz");
     moto.aws(&[
         "s3api",
         "get-object",
@@ -638,7 +643,7 @@ fn export_to_s3_writes_a_plain_tar_gz_object_with_server_side_encryption() {
     ]);
     let entries = read_archive(&fetched);
     assert!(release(&entries).is_some());
-    assert_eq!(keys(&entries), kine_at(&db, i64::MAX));
+    assert_eq!(keys(&entries), kine_at(&s.db, i64::MAX));
 
     // The object exists: replaced only with --force.
     let err = error_line(&fails(&mut export(&to)));
