@@ -24,15 +24,7 @@ impl Drop for Daemon {
 impl Daemon {
     fn start(source: &Path, destination: &str, extra: &[&str]) -> Daemon {
         let port = free_port();
-        let child = vcbackup()
-            .args([
-                "run",
-                "--name",
-                "demo",
-                "--no-encryption",
-                "--destination",
-                destination,
-            ])
+        let child = unencrypted("run", destination)
             .arg("--source")
             .arg(source)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -132,11 +124,18 @@ fn database(dir: &Path, bytes: u64) -> PathBuf {
     db
 }
 
+/// A fresh directory with a kine database of `bytes`, and the URL of
+/// `backups/` in it.
+fn scene(bytes: u64) -> (tempfile::TempDir, PathBuf, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database(tmp.path(), bytes);
+    let dest = file_url(&tmp.path().join("backups"));
+    (tmp, db, dest)
+}
+
 #[test]
 fn backs_up_on_schedule_keeps_the_count_and_reports_clean_metrics() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 256 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
+    let (tmp, db, dest) = scene(256 << 10);
     let mut daemon = Daemon::start(
         &db,
         &dest,
@@ -264,10 +263,8 @@ fn a_failing_destination_counts_failures_but_stays_ready() {
 
 #[test]
 fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
-    let tmp = tempfile::tempdir().unwrap();
     // Big enough, at a slow level, that the backup outlasts the shutdown timeout.
-    let db = database(tmp.path(), 48 << 20);
-    let dest = file_url(&tmp.path().join("backups"));
+    let (tmp, db, dest) = scene(48 << 20);
     let mut daemon = Daemon::start(
         &db,
         &dest,
@@ -300,9 +297,7 @@ fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
 
 #[test]
 fn backup_on_shutdown_takes_a_final_backup_and_exits_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 256 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
+    let (tmp, db, dest) = scene(256 << 10);
     // No catch-up and a far schedule: the only backup is the final one.
     let mut daemon = Daemon::start(
         &db,
@@ -328,9 +323,7 @@ fn backup_on_shutdown_takes_a_final_backup_and_exits_cleanly() {
 
 #[test]
 fn catches_up_at_start_only_when_the_newest_backup_is_stale() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 256 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
+    let (tmp, db, dest) = scene(256 << 10);
     let dir = tmp.path().join("backups/demo");
 
     let mut no_catch_up = Daemon::start(&db, &dest, &["--schedule", "@daily", "--no-catch-up"]);
@@ -362,65 +355,51 @@ fn catches_up_at_start_only_when_the_newest_backup_is_stale() {
 
 #[test]
 fn bad_configuration_is_refused_before_starting() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 64 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
+    let (_tmp, db, dest) = scene(64 << 10);
     // Parsed by clap at the edge: its usage error (exit 2) names the option and the value.
-    let cases = [
-        (
-            vec!["--schedule", "0 */12 * *"],
-            "for '--schedule <SCHEDULE>': invalid schedule \"0 */12 * *\"",
-        ),
-        (
-            vec!["--schedule", "@fortnightly"],
-            "for '--schedule <SCHEDULE>': invalid schedule \"@fortnightly\"",
-        ),
-        (
-            vec!["--timezone", "Mars/Olympus"],
-            "for '--timezone <TIMEZONE>': unknown time zone \"Mars/Olympus\"",
-        ),
-        (
-            vec!["--jitter", "soon"],
-            "for '--jitter <DURATION>': invalid duration \"soon\"",
-        ),
-        (
-            vec!["--shutdown-timeout", "8"],
-            "for '--shutdown-timeout <DURATION>': invalid duration \"8\"",
-        ),
-        (
-            vec!["--abort-uploads-after", "a day"],
-            "for '--abort-uploads-after <DURATION>': invalid duration \"a day\"",
-        ),
-        (
-            vec!["--listen", "not-an-address"],
-            "invalid value 'not-an-address' for '--listen <IP:PORT>'",
-        ),
-    ];
-    for (args, expected) in cases {
-        let out = run(vcbackup()
-            .args([
-                "run",
-                "--name",
-                "demo",
-                "--no-encryption",
-                "--destination",
-                &dest,
-            ])
+    let refused = |args: &[&str], expected: &str| {
+        let out = run(unencrypted("run", &dest)
             .arg("--source")
             .arg(&db)
-            .args(&args));
+            .args(args));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         let err = error_line(&stderr);
         assert!(err.contains(expected), "{args:?}: {err}");
+    };
+    // What clap says of a bad value: the option's value name, and its parser's words.
+    let usage = |option: &str| match option {
+        "--schedule" => ("SCHEDULE", "invalid schedule"),
+        "--timezone" => ("TIMEZONE", "unknown time zone"),
+        "--jitter" | "--shutdown-timeout" | "--abort-uploads-after" => {
+            ("DURATION", "invalid duration")
+        }
+        _ => unreachable!("{option}"),
+    };
+    for (option, value) in [
+        ("--schedule", "0 */12 * *"),
+        ("--schedule", "@fortnightly"),
+        ("--timezone", "Mars/Olympus"),
+        ("--jitter", "soon"),
+        ("--shutdown-timeout", "8"),
+        ("--abort-uploads-after", "a day"),
+    ] {
+        let (value_name, problem) = usage(option);
+        refused(
+            &[option, value],
+            &format!("for '{option} <{value_name}>': {problem} \"{value}\""),
+        );
     }
+    refused(
+        &["--listen", "not-an-address"],
+        "invalid value 'not-an-address' for '--listen <IP:PORT>'",
+    );
     // An address that parses but cannot be bound fails at start, naming it.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let err = error_line(&fails(
-        vcbackup()
-            .args(["run", "--name", "demo", "--no-encryption"])
-            .args(["--destination", &dest, "--listen", &address])
+        unencrypted("run", &dest)
+            .args(["--listen", &address])
             .arg("--source")
             .arg(&db),
     ));
@@ -432,22 +411,10 @@ fn bad_configuration_is_refused_before_starting() {
 
 #[test]
 fn prune_prints_its_plan_and_dry_run_deletes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 64 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
+    let (tmp, db, dest) = scene(64 << 10);
     let mut names = Vec::new();
     for _ in 0..3 {
-        let out = ok(vcbackup()
-            .args([
-                "backup",
-                "--name",
-                "demo",
-                "--no-encryption",
-                "--destination",
-                &dest,
-            ])
-            .arg("--source")
-            .arg(&db));
+        let out = ok(unencrypted("backup", &dest).arg("--source").arg(&db));
         names.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -20,6 +20,33 @@ pub fn vcbackup() -> Command {
     cmd
 }
 
+/// `vcbackup COMMAND --name demo --no-encryption --destination DESTINATION`,
+/// for the rest to be added.
+pub fn unencrypted(command: &str, destination: &str) -> Command {
+    let mut cmd = vcbackup();
+    cmd.args([
+        command,
+        "--name",
+        "demo",
+        "--no-encryption",
+        "--destination",
+        destination,
+    ]);
+    cmd
+}
+
+/// `vcbackup decrypt INPUT -i IDENTITY -o OUT`.
+pub fn decrypt(input: &Path, identity: &Path, out: &Path) -> Command {
+    let mut cmd = vcbackup();
+    cmd.arg("decrypt")
+        .arg(input)
+        .arg("-i")
+        .arg(identity)
+        .arg("-o")
+        .arg(out);
+    cmd
+}
+
 /// Runs and returns the output, whatever the exit status.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
