@@ -12,16 +12,11 @@ use rusqlite::Connection;
 use common::kine;
 use common::*;
 
-/// The one integer `sql` selects.
-fn int(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> i64 {
-    conn.query_row(sql, params, |r| r.get(0)).unwrap()
-}
-
 /// Appends `n` kine-shaped revisions (creates, then updates of the same keys).
 fn write(conn: &mut Connection, n: usize) {
     let tx = conn.transaction().unwrap();
     for _ in 0..n {
-        let next = int(&tx, "SELECT coalesce(max(id), 0) + 1 FROM kine", []);
+        let next: i64 = kine::query_one(&tx, "SELECT coalesce(max(id), 0) + 1 FROM kine", []);
         let name = format!("/registry/leases/l{}", next % 40);
         kine::put(&tx, &name, false, format!("v{next}"));
     }
@@ -46,15 +41,13 @@ struct Facts {
 
 fn facts(path: &Path) -> Facts {
     let conn = Connection::open(path).unwrap();
-    let one = |sql: &str| int(&conn, sql, []);
+    let one = |sql: &str| -> i64 { kine::query_one(&conn, sql, []) };
     Facts {
         max_id: one("SELECT max(id) FROM kine"),
         compact: one(
             "SELECT coalesce(max(prev_revision), 0) FROM kine WHERE name = 'compact_rev_key'",
         ),
-        integrity: conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap(),
+        integrity: kine::query_one(&conn, "PRAGMA integrity_check", []),
         duplicates: one(
             "SELECT count(*) FROM (SELECT 1 FROM kine GROUP BY name, prev_revision HAVING count(*) > 1)",
         ),
@@ -102,7 +95,7 @@ fn replacing_a_live_store_5000_revisions_ahead_ends_above_it_and_compacts() {
     // compacted away: only sqlite_sequence still knows how far it went.
     let mut conn = Connection::open(&db).unwrap();
     write(&mut conn, 5000);
-    let live_seq = int(
+    let live_seq: i64 = kine::query_one(
         &conn,
         "SELECT seq FROM sqlite_sequence WHERE name = 'kine'",
         [],
@@ -129,7 +122,7 @@ fn replacing_a_live_store_5000_revisions_ahead_ends_above_it_and_compacts() {
     assert_eq!(restored.duplicates, 0);
     // The keys are the backup's, not the live store's.
     let conn = Connection::open(&db).unwrap();
-    let rows = int(
+    let rows: i64 = kine::query_one(
         &conn,
         "SELECT count(*) FROM kine WHERE id <= ?1",
         [backup_rev],
