@@ -24,15 +24,7 @@ impl Drop for Daemon {
 impl Daemon {
     fn start(source: &Path, destination: &str, extra: &[&str]) -> Daemon {
         let port = free_port();
-        let child = vcbackup()
-            .args([
-                "run",
-                "--name",
-                "demo",
-                "--no-encryption",
-                "--destination",
-                destination,
-            ])
+        let child = unencrypted("run", destination)
             .arg("--source")
             .arg(source)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -132,16 +124,42 @@ fn database(dir: &Path, bytes: u64) -> PathBuf {
     db
 }
 
+/// A test's fresh directory: a kine database, and the destination `backups/`.
+struct Setup {
+    tmp: tempfile::TempDir,
+    db: PathBuf,
+    dest: String,
+}
+
+/// A [`Setup`] whose database is at least `bytes`.
+fn setup(bytes: u64) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database(tmp.path(), bytes);
+    let dest = file_url(&tmp.path().join("backups"));
+    Setup { tmp, db, dest }
+}
+
+impl Setup {
+    /// The daemon backing up this database into this destination.
+    fn daemon(&self, extra: &[&str]) -> Daemon {
+        Daemon::start(&self.db, &self.dest, extra)
+    }
+
+    /// The virtual cluster's folder in the destination.
+    fn folder(&self) -> PathBuf {
+        self.tmp.path().join("backups/demo")
+    }
+
+    /// [`stored`] of the folder.
+    fn stored(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        stored(&self.folder())
+    }
+}
+
 #[test]
 fn backs_up_on_schedule_keeps_the_count_and_reports_clean_metrics() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 256 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
-    let mut daemon = Daemon::start(
-        &db,
-        &dest,
-        &["--schedule", "@every 2s", "--max-snapshots", "2"],
-    );
+    let s = setup(256 << 10);
+    let mut daemon = s.daemon(&["--schedule", "@every 2s", "--max-snapshots", "2"]);
     assert_eq!(daemon.get("/readyz").0, 200);
     assert_eq!(daemon.get("/livez").0, 200);
     assert_eq!(daemon.get("/nope").0, 404);
@@ -199,7 +217,7 @@ fn backs_up_on_schedule_keeps_the_count_and_reports_clean_metrics() {
     assert!(status.success(), "exit status {status}");
     assert!(elapsed < Duration::from_secs(10));
     // Retention kept the newest two, objects and manifests together.
-    let (objects, manifests, other) = stored(&tmp.path().join("backups/demo"));
+    let (objects, manifests, other) = s.stored();
     assert_eq!(objects.len(), 2, "{objects:?}");
     assert_eq!(
         manifests,
@@ -264,24 +282,18 @@ fn a_failing_destination_counts_failures_but_stays_ready() {
 
 #[test]
 fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
-    let tmp = tempfile::tempdir().unwrap();
     // Big enough, at a slow level, that the backup outlasts the shutdown timeout.
-    let db = database(tmp.path(), 48 << 20);
-    let dest = file_url(&tmp.path().join("backups"));
-    let mut daemon = Daemon::start(
-        &db,
-        &dest,
-        &[
-            "--schedule",
-            "@daily",
-            "--compression-level",
-            "19",
-            "--compression-threads",
-            "1",
-            "--shutdown-timeout",
-            "1s",
-        ],
-    );
+    let s = setup(48 << 20);
+    let mut daemon = s.daemon(&[
+        "--schedule",
+        "@daily",
+        "--compression-level",
+        "19",
+        "--compression-threads",
+        "1",
+        "--shutdown-timeout",
+        "1s",
+    ]);
     // Catch-up starts a backup at once (storage is empty).
     wait_for("a backup in progress", Duration::from_secs(20), || {
         (daemon.metric("vcbackup_backup_in_progress") == 1.0).then_some(())
@@ -291,7 +303,7 @@ fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
     assert!(status.success(), "exit status {status}: {stderr}");
     assert!(elapsed < Duration::from_secs(4), "took {elapsed:?} to stop");
     assert!(stderr.contains("backup aborted"), "{stderr}");
-    let (objects, manifests, other) = stored(&tmp.path().join("backups/demo"));
+    let (objects, manifests, other) = s.stored();
     assert!(
         objects.is_empty() && manifests.is_empty() && other.is_empty(),
         "left {objects:?} {manifests:?} {other:?}"
@@ -300,20 +312,14 @@ fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
 
 #[test]
 fn backup_on_shutdown_takes_a_final_backup_and_exits_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 256 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
+    let s = setup(256 << 10);
     // No catch-up and a far schedule: the only backup is the final one.
-    let mut daemon = Daemon::start(
-        &db,
-        &dest,
-        &[
-            "--schedule",
-            "@weekly",
-            "--no-catch-up",
-            "--backup-on-shutdown",
-        ],
-    );
+    let mut daemon = s.daemon(&[
+        "--schedule",
+        "@weekly",
+        "--no-catch-up",
+        "--backup-on-shutdown",
+    ]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         daemon.metric("vcbackup_backups_total{result=\"success\"}"),
@@ -322,34 +328,31 @@ fn backup_on_shutdown_takes_a_final_backup_and_exits_cleanly() {
     let (status, elapsed, stderr) = daemon.sigterm();
     assert!(status.success(), "{stderr}");
     assert!(elapsed < Duration::from_secs(9));
-    let (objects, manifests, _) = stored(&tmp.path().join("backups/demo"));
+    let (objects, manifests, _) = s.stored();
     assert_eq!((objects.len(), manifests.len()), (1, 1), "{stderr}");
 }
 
 #[test]
 fn catches_up_at_start_only_when_the_newest_backup_is_stale() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 256 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
-    let dir = tmp.path().join("backups/demo");
+    let s = setup(256 << 10);
 
-    let mut no_catch_up = Daemon::start(&db, &dest, &["--schedule", "@daily", "--no-catch-up"]);
+    let mut no_catch_up = s.daemon(&["--schedule", "@daily", "--no-catch-up"]);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         no_catch_up.metric("vcbackup_backups_total{result=\"success\"}"),
         0.0
     );
     no_catch_up.sigterm();
-    assert!(stored(&dir).0.is_empty());
+    assert!(s.stored().0.is_empty());
 
-    let mut catch_up = Daemon::start(&db, &dest, &["--schedule", "@daily"]);
+    let mut catch_up = s.daemon(&["--schedule", "@daily"]);
     wait_for("the catch-up backup", Duration::from_secs(30), || {
         (catch_up.metric("vcbackup_backups_total{result=\"success\"}") == 1.0).then_some(())
     });
     catch_up.sigterm();
 
     // The newest backup is fresh now: a restart takes none.
-    let mut fresh = Daemon::start(&db, &dest, &["--schedule", "@daily"]);
+    let mut fresh = s.daemon(&["--schedule", "@daily"]);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         fresh.metric("vcbackup_backups_total{result=\"success\"}"),
@@ -357,72 +360,58 @@ fn catches_up_at_start_only_when_the_newest_backup_is_stale() {
     );
     assert_eq!(fresh.metric("vcbackup_snapshots_stored"), 1.0);
     fresh.sigterm();
-    assert_eq!(stored(&dir).0.len(), 1);
+    assert_eq!(s.stored().0.len(), 1);
 }
 
 #[test]
 fn bad_configuration_is_refused_before_starting() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 64 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
+    let s = setup(64 << 10);
     // Parsed by clap at the edge: its usage error (exit 2) names the option and the value.
-    let cases = [
-        (
-            vec!["--schedule", "0 */12 * *"],
-            "for '--schedule <SCHEDULE>': invalid schedule \"0 */12 * *\"",
-        ),
-        (
-            vec!["--schedule", "@fortnightly"],
-            "for '--schedule <SCHEDULE>': invalid schedule \"@fortnightly\"",
-        ),
-        (
-            vec!["--timezone", "Mars/Olympus"],
-            "for '--timezone <TIMEZONE>': unknown time zone \"Mars/Olympus\"",
-        ),
-        (
-            vec!["--jitter", "soon"],
-            "for '--jitter <DURATION>': invalid duration \"soon\"",
-        ),
-        (
-            vec!["--shutdown-timeout", "8"],
-            "for '--shutdown-timeout <DURATION>': invalid duration \"8\"",
-        ),
-        (
-            vec!["--abort-uploads-after", "a day"],
-            "for '--abort-uploads-after <DURATION>': invalid duration \"a day\"",
-        ),
-        (
-            vec!["--listen", "not-an-address"],
-            "invalid value 'not-an-address' for '--listen <IP:PORT>'",
-        ),
-    ];
-    for (args, expected) in cases {
-        let out = run(vcbackup()
-            .args([
-                "run",
-                "--name",
-                "demo",
-                "--no-encryption",
-                "--destination",
-                &dest,
-            ])
+    let refused = |args: &[&str], expected: &str| {
+        let out = run(unencrypted("run", &s.dest)
             .arg("--source")
-            .arg(&db)
-            .args(&args));
+            .arg(&s.db)
+            .args(args));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         let err = error_line(&stderr);
         assert!(err.contains(expected), "{args:?}: {err}");
+    };
+    // What clap says of a bad value: the option's value name, and its parser's words.
+    let usage = |option: &str| match option {
+        "--schedule" => ("SCHEDULE", "invalid schedule"),
+        "--timezone" => ("TIMEZONE", "unknown time zone"),
+        "--jitter" | "--shutdown-timeout" | "--abort-uploads-after" => {
+            ("DURATION", "invalid duration")
+        }
+        _ => unreachable!("{option}"),
+    };
+    for (option, value) in [
+        ("--schedule", "0 */12 * *"),
+        ("--schedule", "@fortnightly"),
+        ("--timezone", "Mars/Olympus"),
+        ("--jitter", "soon"),
+        ("--shutdown-timeout", "8"),
+        ("--abort-uploads-after", "a day"),
+    ] {
+        let (value_name, problem) = usage(option);
+        refused(
+            &[option, value],
+            &format!("for '{option} <{value_name}>': {problem} \"{value}\""),
+        );
     }
+    refused(
+        &["--listen", "not-an-address"],
+        "invalid value 'not-an-address' for '--listen <IP:PORT>'",
+    );
     // An address that parses but cannot be bound fails at start, naming it.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let err = error_line(&fails(
-        vcbackup()
-            .args(["run", "--name", "demo", "--no-encryption"])
-            .args(["--destination", &dest, "--listen", &address])
+        unencrypted("run", &s.dest)
+            .args(["--listen", &address])
             .arg("--source")
-            .arg(&db),
+            .arg(&s.db),
     ));
     assert!(
         err.contains(&format!("listen on {address} (--listen)")),
@@ -432,22 +421,10 @@ fn bad_configuration_is_refused_before_starting() {
 
 #[test]
 fn prune_prints_its_plan_and_dry_run_deletes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database(tmp.path(), 64 << 10);
-    let dest = file_url(&tmp.path().join("backups"));
+    let s = setup(64 << 10);
     let mut names = Vec::new();
     for _ in 0..3 {
-        let out = ok(vcbackup()
-            .args([
-                "backup",
-                "--name",
-                "demo",
-                "--no-encryption",
-                "--destination",
-                &dest,
-            ])
-            .arg("--source")
-            .arg(&db));
+        let out = ok(unencrypted("backup", &s.dest).arg("--source").arg(&s.db));
         names.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -458,7 +435,7 @@ fn prune_prints_its_plan_and_dry_run_deletes_nothing() {
                 "--name",
                 "demo",
                 "--destination",
-                &dest,
+                &s.dest,
                 "--max-snapshots",
                 "1",
             ])
@@ -471,14 +448,14 @@ fn prune_prints_its_plan_and_dry_run_deletes_nothing() {
         "{plan}"
     );
     assert!(plan.contains(&format!("keep {}", names[2])), "{plan}");
-    assert_eq!(stored(&tmp.path().join("backups/demo")).0.len(), 3);
+    assert_eq!(s.stored().0.len(), 3);
     let done = prune(&[]);
     assert!(done.contains(&format!("deleted {}", names[1])), "{done}");
-    let (objects, manifests, _) = stored(&tmp.path().join("backups/demo"));
+    let (objects, manifests, _) = s.stored();
     assert_eq!(objects, [names[2].clone()]);
     assert_eq!(manifests.len(), 1);
     // A foreign file in the folder is never touched.
-    std::fs::write(tmp.path().join("backups/demo/notes.txt"), b"mine").unwrap();
+    std::fs::write(s.folder().join("notes.txt"), b"mine").unwrap();
     prune(&[]);
-    assert!(tmp.path().join("backups/demo/notes.txt").exists());
+    assert!(s.folder().join("notes.txt").exists());
 }

@@ -28,7 +28,7 @@ fn backup(source: &str, dest: &Path, extra: &[&str]) -> serde_json::Value {
             "demo",
             "--destination",
         ])
-        .arg(format!("file://{}", dest.display()))
+        .arg(file_url(dest))
         .args(extra));
     assert!(
         output.status.success(),
@@ -46,7 +46,7 @@ fn restore_latest(dest: &Path, to: &Path, identity: Option<&Path>) {
     let mut restore = vcbackup();
     restore
         .args(["restore", "latest", "--name", "demo", "--destination"])
-        .arg(format!("file://{}", dest.display()))
+        .arg(file_url(dest))
         .arg("--to")
         .arg(to);
     if let Some(identity) = identity {
@@ -70,6 +70,14 @@ fn assert_keys(etcd: &Etcd, count: usize) {
     assert_eq!(actual, expected);
 }
 
+/// Checks that `manifest` records the store's revision, and stops the member;
+/// returns the revision.
+fn assert_revision_and_stop(etcd: Etcd, manifest: &serde_json::Value) -> i64 {
+    let (_, revision) = etcd.keys("/registry/");
+    assert_eq!(manifest["revision"].as_i64(), Some(revision));
+    revision
+}
+
 fn put_pods(etcd: &Etcd, count: usize) {
     for i in 0..count {
         etcd.put(
@@ -84,25 +92,20 @@ fn plain_http_backup_restores_with_etcdctl() {
     let dir = TempDir::new().unwrap();
     let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
     put_pods(&etcd, 12);
-    let Keys {
-        identity,
-        recipient,
-    } = age_keygen(dir.path(), "identity.txt");
+    let keys = age_keygen(dir.path(), "identity.txt");
     let dest = dir.path().join("backups");
-    let manifest = backup(&etcd.endpoint, &dest, &["--recipient", &recipient]);
+    let manifest = backup(&etcd.endpoint, &dest, &["--recipient", &keys.recipient]);
     assert_eq!(manifest["kind"], "etcd");
     assert_eq!(
         manifest["etcd"]["server_version"].as_str().unwrap(),
         "3.4.23"
     );
     assert!(!manifest["etcd"]["cluster_id"].as_str().unwrap().is_empty());
-    let (_, revision) = etcd.keys("/registry/");
-    assert_eq!(manifest["revision"].as_i64(), Some(revision));
-    drop(etcd);
+    let revision = assert_revision_and_stop(etcd, &manifest);
 
     // vcbackup restore: the snapshot file, digest intact.
     let snapshot = dir.path().join("snapshot.db");
-    restore_latest(&dest, &snapshot, Some(&identity));
+    restore_latest(&dest, &snapshot, Some(&keys.identity));
     // age -d | zstd -d gives the same bytes.
     let name = manifest["name"].as_str().unwrap();
     let stored = dest.join("demo").join(name);
@@ -110,7 +113,7 @@ fn plain_http_backup_restores_with_etcdctl() {
     ok(Command::new("sh").arg("-c").arg(format!(
         "{} -d -i '{}' '{}' | {} -d -q -o '{}'",
         tool("age").display(),
-        identity.display(),
+        keys.identity.display(),
         stored.display(),
         tool("zstd").display(),
         piped.display()
@@ -154,9 +157,7 @@ fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
         stored > 8 << 20,
         "backup of {stored} bytes spans too few chunks"
     );
-    let (_, revision) = etcd.keys("/registry/");
-    assert_eq!(manifest["revision"].as_i64(), Some(revision));
-    drop(etcd);
+    assert_revision_and_stop(etcd, &manifest);
 
     let snapshot = dir.path().join("snapshot.db");
     restore_latest(&dest, &snapshot, None);
@@ -172,10 +173,7 @@ fn tls_with_client_certificates_as_in_a_vcluster_pod() {
     let pki = Pki::new(dir.path());
     let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, Some(&pki));
     put_pods(&etcd, 7);
-    let Keys {
-        identity,
-        recipient,
-    } = age_keygen(dir.path(), "identity.txt");
+    let keys = age_keygen(dir.path(), "identity.txt");
     let dest = dir.path().join("backups");
     // No certificate flags: the defaults under --data-dir are the vCluster files.
     let manifest = backup(
@@ -183,25 +181,17 @@ fn tls_with_client_certificates_as_in_a_vcluster_pod() {
         &dest,
         &[
             "--recipient",
-            &recipient,
+            &keys.recipient,
             "--data-dir",
             pki.data_dir.to_str().unwrap(),
         ],
     );
-    let (_, revision) = etcd.keys("/registry/");
-    assert_eq!(manifest["revision"].as_i64(), Some(revision));
-    drop(etcd);
+    assert_revision_and_stop(etcd, &manifest);
 
     // decrypt of the downloaded file, checked against the manifest beside it.
     let stored = dest.join("demo").join(manifest["name"].as_str().unwrap());
     let snapshot = dir.path().join("snapshot.db");
-    ok(vcbackup()
-        .arg("decrypt")
-        .arg(&stored)
-        .arg("-o")
-        .arg(&snapshot)
-        .arg("-i")
-        .arg(&identity));
+    ok(&mut decrypt(&stored, &keys.identity, &snapshot));
     let restored = restore_and_start(&snapshot, dir.path(), "vc");
     assert_keys(&restored, 7);
 }
@@ -260,7 +250,7 @@ fn consistent_while_a_writer_keeps_writing() {
                 "demo",
                 "--destination",
             ])
-            .arg(format!("file://{}", dest.display())),
+            .arg(file_url(&dest)),
     );
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed[0]["revision"].as_i64(), Some(revision));
@@ -280,7 +270,7 @@ fn consistent_while_a_writer_keeps_writing() {
     let snapshot = dir.path().join("snapshot.db");
     ok(vcbackup()
         .args(["restore", "--name", "demo", "--destination"])
-        .arg(format!("file://{}", dest.display()))
+        .arg(file_url(&dest))
         .arg("--to")
         .arg(&snapshot));
     let restored = restore_and_start(&snapshot, dir.path(), "vc");
@@ -292,16 +282,7 @@ fn consistent_while_a_writer_keeps_writing() {
 
 fn backup_fails(args: &[&str]) -> String {
     let dest = TempDir::new().unwrap();
-    let output = run(vcbackup()
-        .args([
-            "backup",
-            "--name",
-            "demo",
-            "--no-encryption",
-            "--destination",
-        ])
-        .arg(format!("file://{}", dest.path().display()))
-        .args(args));
+    let output = run(unencrypted("backup", &file_url(dest.path())).args(args));
     assert!(!output.status.success(), "backup should fail: {args:?}");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let entries = std::fs::read_dir(dest.path().join("demo"))
@@ -398,17 +379,8 @@ fn auto_detection_reports_what_it_chose_and_where_it_looked() {
 
     // Embedded etcd whose certificates never arrive: it waits, then names them.
     std::fs::create_dir(data.join("etcd")).unwrap();
-    let output = run(vcbackup()
-        .args([
-            "backup",
-            "--name",
-            "demo",
-            "--no-encryption",
-            "--wait-for-certs",
-            "1s",
-        ])
-        .args(["--data-dir", data_arg, "--destination"])
-        .arg(format!("file://{}", dir.path().join("b").display()))
+    let output = run(unencrypted("backup", &file_url(&dir.path().join("b")))
+        .args(["--wait-for-certs", "1s", "--data-dir", data_arg])
         // What was detected and what it waits for are logged at info.
         .env("VCBACKUP_LOG", "info"));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -426,17 +398,8 @@ fn auto_detection_reports_what_it_chose_and_where_it_looked() {
     // The k3s layout wins over embedded etcd and is opened as SQLite.
     std::fs::create_dir_all(data.join("server/db")).unwrap();
     std::fs::write(data.join("server/db/state.db"), b"not a database").unwrap();
-    let output = run(vcbackup()
-        .args([
-            "backup",
-            "--name",
-            "demo",
-            "--no-encryption",
-            "--data-dir",
-            data_arg,
-        ])
-        .arg("--destination")
-        .arg(format!("file://{}", dir.path().join("b").display()))
+    let output = run(unencrypted("backup", &file_url(&dir.path().join("b")))
+        .args(["--data-dir", data_arg])
         .env("VCBACKUP_LOG", "info"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("k3s distro layout"), "{stderr}");
@@ -458,11 +421,8 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
         .iter()
         .map(|member| {
             let port = free_port();
-            let child = vcbackup()
-                .args(["run", "--name", "demo", "--no-encryption"])
+            let child = unencrypted("run", &file_url(&dest))
                 .args(["--source", &member.endpoint])
-                .arg("--destination")
-                .arg(format!("file://{}", dest.display()))
                 .args(["--schedule", "@every 1s", "--listen"])
                 .arg(format!("127.0.0.1:{port}"))
                 .stdout(Stdio::null())

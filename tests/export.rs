@@ -5,91 +5,27 @@
 //! match the source at the backup's revision (SQL on the kine database,
 //! `etcdctl get --rev` on etcd). Also the vCluster config saved with every
 //! backup (`list`, `restore --config-out`), the errors an operator meets, and
-//! `--to s3://…` against moto. The helpers live here, self-contained.
+//! `--to s3://…` against moto.
+
+mod common;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
-const SETUP: &str = "run scripts/setup (it installs etcd, age, python3, tar)";
-
-fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| panic!("`{name}` is missing: {SETUP}"))
-}
-
-fn vcbackup() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vcbackup"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VCBACKUP_") || key == "VCLUSTER_NAME" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("VCBACKUP_LOG", "warn");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Runs, insists on exit 1 with exactly one `error:` line, and returns it.
-fn error_line(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{cmd:?}: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "expected one error line in: {stderr}");
-    errors[0].to_string()
-}
-
-/// An age identity file and its recipient, from the real age-keygen.
-fn age_key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let identity = dir.join(name);
-    ok(Command::new(tool("age-keygen")).arg("-o").arg(&identity));
-    let text = std::fs::read_to_string(&identity).unwrap();
-    let recipient = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap()
-        .to_string();
-    (identity, recipient)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::etcd::Etcd;
+use common::kine;
+use common::s3::Moto;
+use common::*;
 
 /// One archive entry as an independent reader sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,31 +133,54 @@ fn only_backup(dest: &Path) -> (PathBuf, serde_json::Value) {
     (dir.join(manifest["name"].as_str().unwrap()), manifest)
 }
 
+/// `backup` of `source` into `dest` as `demo`, for `recipient`, with the
+/// vCluster config `config`.
+fn backup(source: impl AsRef<OsStr>, dest: &Path, recipient: &str, config: &Path) -> Command {
+    let mut cmd = vcbackup();
+    cmd.args(["backup", "--name", "demo", "--source"])
+        .arg(source)
+        .arg("--destination")
+        .arg(file_url(dest))
+        .args(["--recipient", recipient, "--vcluster-config"])
+        .arg(config);
+    cmd
+}
+
+/// `export` of the downloaded backup file `input`, decrypted with `identity`.
+fn export_input(input: &Path, identity: &Path) -> Command {
+    let mut cmd = vcbackup();
+    cmd.arg("export")
+        .arg("--input")
+        .arg(input)
+        .arg("-i")
+        .arg(identity);
+    cmd
+}
+
+/// `restore latest` of `demo` from `dest` to `to`, its config to `config_out`.
+fn restore_config_out(dest: &Path, identity: &Path, to: &Path, config_out: &Path) -> Command {
+    let mut cmd = vcbackup();
+    cmd.args(["restore", "latest", "--name", "demo", "--destination"])
+        .arg(file_url(dest))
+        .arg("-i")
+        .arg(identity)
+        .arg("--to")
+        .arg(to)
+        .arg("--config-out")
+        .arg(config_out);
+    cmd
+}
+
 // ------------------------------------------------------------------- kine
 
-const KINE_SCHEMA: &str = "
-CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name INTEGER, created INTEGER,
-  deleted INTEGER, create_revision INTEGER, prev_revision INTEGER, lease INTEGER, value BLOB,
-  old_value BLOB);
-CREATE INDEX kine_name_index ON kine (name);
-CREATE INDEX kine_name_id_index ON kine (name,id);
-CREATE UNIQUE INDEX kine_name_prev_revision_uindex ON kine (name, prev_revision);
-";
-
-fn kine_put(conn: &Connection, name: &str, deleted: bool, value: &[u8]) {
-    let prev: i64 = conn
-        .query_row(
-            "SELECT coalesce(max(id), 0) FROM kine WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .unwrap();
-    conn.execute(
-        "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
-         VALUES (?1, ?2, ?3, 0, ?4, 0, ?5, NULL)",
-        params![name, prev == 0, deleted, prev, value],
-    )
-    .unwrap();
+/// A kine database in SQLite's default (rollback journal) mode, with `rows`
+/// creates of `(name, value)`.
+fn kine_db(path: &Path, rows: impl Iterator<Item = (String, Vec<u8>)>) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(kine::SCHEMA).unwrap();
+    for (name, value) in rows {
+        kine::put(&conn, &name, false, value);
+    }
 }
 
 /// Keys and values of the kine database at revision `rev`, by kine's rules,
@@ -247,48 +206,55 @@ fn kine_at(path: &Path, rev: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 const CONFIG_YAML: &str = "controlPlane:\n  distro:\n    k8s:\n      enabled: true\n  statefulSet:\n    env:\n      - name: SECRET_TOKEN\n        value: hunter2-not-for-logs\n";
 
-#[test]
-fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
+/// A test's fresh directory: where its kine database and backups go, an age
+/// key (from the real age-keygen), and [`CONFIG_YAML`] written to `config`.
+struct Setup {
+    tmp: tempfile::TempDir,
+    db: PathBuf,
+    dest: PathBuf,
+    identity: PathBuf,
+    recipient: String,
+    config: PathBuf,
+}
+
+fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("state.db");
-    let dest = tmp.path().join("backups");
-    let (identity, recipient) = age_key(tmp.path(), "key.txt");
+    let Keys {
+        identity,
+        recipient,
+    } = age_keygen(tmp.path(), "key.txt");
     let config = tmp.path().join("config.yaml");
     std::fs::write(&config, CONFIG_YAML).unwrap();
+    Setup {
+        db: tmp.path().join("state.db"),
+        dest: tmp.path().join("backups"),
+        identity,
+        recipient,
+        config,
+        tmp,
+    }
+}
 
-    let conn = Connection::open(&db).unwrap();
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-        .unwrap();
-    conn.execute_batch(KINE_SCHEMA).unwrap();
+#[test]
+fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
+    let s = setup();
+
+    let conn = kine::open(&s.db).unwrap();
     let long = format!("/registry/configmaps/default/{}", "long-name-".repeat(20));
+    let pod = |i: usize| format!("/registry/pods/ns-{}/p{i:04}", i % 7);
     for i in 0..2000 {
         let value: Vec<u8> = (0..200).map(|b| ((b + i) % 256) as u8).collect();
-        kine_put(
-            &conn,
-            &format!("/registry/pods/ns-{}/p{i:04}", i % 7),
-            false,
-            &value,
-        );
+        kine::put(&conn, &pod(i), false, value);
     }
     for i in (0..2000).step_by(3) {
-        kine_put(
-            &conn,
-            &format!("/registry/pods/ns-{}/p{i:04}", i % 7),
-            false,
-            b"updated",
-        );
+        kine::put(&conn, &pod(i), false, b"updated");
     }
     for i in (0..2000).step_by(5) {
-        kine_put(
-            &conn,
-            &format!("/registry/pods/ns-{}/p{i:04}", i % 7),
-            true,
-            b"",
-        );
+        kine::put(&conn, &pod(i), true, b"");
     }
-    kine_put(&conn, &long, false, b"long key value");
-    kine_put(&conn, "compact_rev_key", false, b"");
-    kine_put(
+    kine::put(&conn, &long, false, b"long key value");
+    kine::put(&conn, "compact_rev_key", false, b"");
+    kine::put(
         &conn,
         "/vcluster/snapshot/release",
         false,
@@ -305,28 +271,26 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
     // A writer keeps creating, updating and deleting keys while the backup runs.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (db, stop) = (db.clone(), Arc::clone(&stop));
+        let (db, stop) = (s.db.clone(), Arc::clone(&stop));
         std::thread::spawn(move || {
             let conn = Connection::open(&db).unwrap();
             conn.busy_timeout(Duration::from_secs(10)).unwrap();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("/registry/leases/kube-system/l{}", n % 50);
-                kine_put(&conn, &key, n % 11 == 10, format!("renew {n}").as_bytes());
+                kine::put(&conn, &key, n % 11 == 10, format!("renew {n}").as_bytes());
                 n += 1;
             }
             n
         })
     };
     std::thread::sleep(Duration::from_millis(200));
-    let out = ok(vcbackup()
-        .args(["backup", "--name", "demo", "--source"])
-        .arg(&db)
-        .arg("--destination")
-        .arg(format!("file://{}", dest.display()))
-        .args(["--recipient", &recipient, "--vcluster-config"])
-        .arg(&config)
-        .args(["--chart-version", "0.30.5", "--namespace", "team-a"]));
+    let out = ok(backup(&s.db, &s.dest, &s.recipient, &s.config).args([
+        "--chart-version",
+        "0.30.5",
+        "--namespace",
+        "team-a",
+    ]));
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().unwrap();
@@ -334,10 +298,10 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("hunter2"), "the config leaked: {stderr}");
 
-    let (backup, manifest) = only_backup(&dest);
+    let (backup, manifest) = only_backup(&s.dest);
     let revision = manifest["revision"].as_i64().unwrap();
-    let expected = kine_at(&db, revision);
-    let max_id: i64 = Connection::open(&db)
+    let expected = kine_at(&s.db, revision);
+    let max_id: i64 = Connection::open(&s.db)
         .unwrap()
         .query_row("SELECT max(id) FROM kine", [], |r| r.get(0))
         .unwrap();
@@ -349,25 +313,22 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
 
     // The config: saved beside the backup, sealed, listed.
     let saved = &manifest["config"];
-    let config_object = dest.join("demo").join(saved["name"].as_str().unwrap());
+    let config_object = s.dest.join("demo").join(saved["name"].as_str().unwrap());
     let sealed = std::fs::read(&config_object).unwrap();
     assert!(sealed.starts_with(b"age-encryption.org/"));
     assert!(!String::from_utf8_lossy(&sealed).contains("hunter2"));
     assert_eq!(saved["release"]["chart_version"], "0.30.5");
-    let listed = ok(vcbackup()
-        .args(["list", "-o", "json", "--name", "demo", "--destination"])
-        .arg(format!("file://{}", dest.display())));
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = list_json(&file_url(&s.dest), "demo");
     assert_eq!(listed[0]["config"], true);
 
     // Export from the destination.
-    let archive = tmp.path().join("out").join("demo.tar.gz");
+    let archive = s.tmp.path().join("out").join("demo.tar.gz");
     std::fs::create_dir(archive.parent().unwrap()).unwrap();
     ok(vcbackup()
         .args(["export", "latest", "--name", "demo", "--destination"])
-        .arg(format!("file://{}", dest.display()))
+        .arg(file_url(&s.dest))
         .arg("--identity")
-        .arg(&identity)
+        .arg(&s.identity)
         .arg("-o")
         .arg(&archive));
     assert_eq!(mode(&archive), 0o600);
@@ -389,28 +350,19 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
     assert_eq!(keys(&entries), expected);
 
     // The same through standard output, from the downloaded file.
-    let piped = ok(vcbackup()
-        .arg("export")
-        .arg("--input")
-        .arg(&backup)
-        .arg("-i")
-        .arg(&identity)
-        .args(["-o", "-"]));
-    let piped_path = tmp.path().join("piped.tar.gz");
+    let piped = ok(export_input(&backup, &s.identity).args(["-o", "-"]));
+    let piped_path = s.tmp.path().join("piped.tar.gz");
     std::fs::write(&piped_path, &piped.stdout).unwrap();
     assert_eq!(read_archive(&piped_path), entries);
 
     // restore --config-out writes the YAML back, owner-only.
-    let restored_config = tmp.path().join("values.yaml");
-    ok(vcbackup()
-        .args(["restore", "latest", "--name", "demo", "--destination"])
-        .arg(format!("file://{}", dest.display()))
-        .arg("-i")
-        .arg(&identity)
-        .arg("--to")
-        .arg(tmp.path().join("restored.db"))
-        .arg("--config-out")
-        .arg(&restored_config));
+    let restored_config = s.tmp.path().join("values.yaml");
+    ok(&mut restore_config_out(
+        &s.dest,
+        &s.identity,
+        &s.tmp.path().join("restored.db"),
+        &restored_config,
+    ));
     assert_eq!(
         std::fs::read_to_string(&restored_config).unwrap(),
         CONFIG_YAML
@@ -420,51 +372,34 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
 
 #[test]
 fn export_errors_name_the_input_and_leave_nothing_behind() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("state.db");
-    let dest = tmp.path().join("backups");
-    let (identity, recipient) = age_key(tmp.path(), "key.txt");
-    let (stranger, _) = age_key(tmp.path(), "other.txt");
-    let conn = Connection::open(&db).unwrap();
-    conn.execute_batch(KINE_SCHEMA).unwrap();
-    for i in 0..300 {
-        kine_put(
-            &conn,
-            &format!("/registry/secrets/default/s{i}"),
-            false,
-            &[7u8; 3000],
-        );
-    }
-    drop(conn);
+    let s = setup();
+    let stranger = age_keygen(s.tmp.path(), "other.txt").identity;
+    kine_db(
+        &s.db,
+        (0..300).map(|i| (format!("/registry/secrets/default/s{i}"), vec![7u8; 3000])),
+    );
     // No config file: the backup goes on, with one warning.
-    let out = ok(vcbackup()
-        .args(["backup", "--name", "demo", "--source"])
-        .arg(&db)
-        .arg("--destination")
-        .arg(format!("file://{}", dest.display()))
-        .args(["--recipient", &recipient, "--vcluster-config"])
-        .arg(tmp.path().join("missing.yaml")));
+    let out = ok(&mut backup(
+        &s.db,
+        &s.dest,
+        &s.recipient,
+        &s.tmp.path().join("missing.yaml"),
+    ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("no vCluster config").count(), 1, "{stderr}");
-    let (backup, manifest) = only_backup(&dest);
+    let (backup, manifest) = only_backup(&s.dest);
     assert!(manifest.get("config").is_none());
     let shown = backup.display().to_string();
-    let work = tmp.path().join("work");
+    let work = s.tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let archive = work.join("x.tar.gz");
     let export = |input: &Path, key: &Path| {
-        let mut cmd = vcbackup();
-        cmd.arg("export")
-            .arg("--input")
-            .arg(input)
-            .arg("-i")
-            .arg(key)
-            .arg("-o")
-            .arg(&archive);
+        let mut cmd = export_input(input, key);
+        cmd.arg("-o").arg(&archive);
         cmd
     };
 
-    let err = error_line(&mut export(&backup, &stranger));
+    let err = error_line(&fails(&mut export(&backup, &stranger)));
     assert!(
         err.contains(&shown) && err.contains("does not match"),
         "{err}"
@@ -476,7 +411,7 @@ fn export_errors_name_the_input_and_leave_nothing_behind() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&corrupt, &bytes).unwrap();
-    let err = error_line(&mut export(&corrupt, &identity));
+    let err = error_line(&fails(&mut export(&corrupt, &s.identity)));
     assert!(err.contains(&corrupt.display().to_string()), "{err}");
     let left: Vec<_> = std::fs::read_dir(&work)
         .unwrap()
@@ -485,185 +420,106 @@ fn export_errors_name_the_input_and_leave_nothing_behind() {
     assert_eq!(left, ["copy.zst.age"], "a failed export left files");
 
     // Without a saved config: no release entry, and a warning.
-    let out = ok(&mut export(&backup, &identity));
+    let out = ok(&mut export(&backup, &s.identity));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no release entry"));
     let entries = read_archive(&archive);
     assert!(release(&entries).is_none());
-    assert_eq!(keys(&entries), kine_at(&db, i64::MAX));
+    assert_eq!(keys(&entries), kine_at(&s.db, i64::MAX));
 
     // An existing output is never replaced without --force.
     std::fs::write(&archive, b"keep me").unwrap();
-    let err = error_line(&mut export(&backup, &identity));
+    let err = error_line(&fails(&mut export(&backup, &s.identity)));
     assert!(
         err.contains(&archive.display().to_string()) && err.contains("--force"),
         "{err}"
     );
     assert_eq!(std::fs::read(&archive).unwrap(), b"keep me");
-    ok(export(&backup, &identity).arg("--force"));
+    ok(export(&backup, &s.identity).arg("--force"));
     assert_eq!(read_archive(&archive), entries);
 
     // --config-out of a backup without one fails before anything is restored.
-    let target = tmp.path().join("restored.db");
-    let err = error_line(
-        vcbackup()
-            .args(["restore", "latest", "--name", "demo", "--destination"])
-            .arg(format!("file://{}", dest.display()))
-            .arg("-i")
-            .arg(&identity)
-            .arg("--to")
-            .arg(&target)
-            .arg("--config-out")
-            .arg(tmp.path().join("values.yaml")),
-    );
+    let target = s.tmp.path().join("restored.db");
+    let err = error_line(&fails(&mut restore_config_out(
+        &s.dest,
+        &s.identity,
+        &target,
+        &s.tmp.path().join("values.yaml"),
+    )));
     assert!(err.contains("no saved vCluster config"), "{err}");
     assert!(!target.exists());
 }
 
 // ------------------------------------------------------------------- etcd
 
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    log: PathBuf,
+/// `etcdctl put`, the value on standard input (an argument is limited in size).
+fn etcd_put(etcd: &Etcd, key: &[u8], value: &[u8]) {
+    use std::io::Write;
+    let mut child = etcd
+        .etcdctl()
+        .arg("put")
+        .arg(OsStr::from_bytes(key))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    assert!(child.wait().unwrap().success(), "etcdctl put failed");
 }
 
-impl Etcd {
-    fn start(dir: &Path) -> Etcd {
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = dir.join("etcd.log");
-        let child = Command::new(tool("etcd"))
-            .args(["--name", "e0", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("e0={peer_url}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start etcd: {e}; {SETUP}"));
-        let etcd = Etcd {
-            child,
-            endpoint,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !run(etcd.ctl().args(["endpoint", "health"]))
-            .status
-            .success()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not start: {}",
-                std::fs::read_to_string(&etcd.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        etcd
+/// Every key with its value at revision `rev`, in key order.
+fn etcd_all_at(etcd: &Etcd, rev: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let out = ok(etcd.etcdctl().args([
+        "get",
+        "--prefix",
+        "",
+        "--rev",
+        &rev.to_string(),
+        "-w",
+        "json",
+    ]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut kvs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for kv in json["kvs"].as_array().cloned().unwrap_or_default() {
+        let value = kv["value"].as_str().map(b64).unwrap_or_default();
+        kvs.insert(b64(kv["key"].as_str().unwrap()), value);
     }
-
-    fn ctl(&self) -> Command {
-        let mut cmd = Command::new(tool("etcdctl"));
-        cmd.env("ETCDCTL_API", "3").args([
-            "--endpoints",
-            &self.endpoint,
-            "--command-timeout",
-            "20s",
-        ]);
-        cmd
-    }
-
-    /// `etcdctl put`, the value on standard input (an argument is limited in size).
-    fn put(&self, key: &[u8], value: &[u8]) {
-        use std::io::Write;
-        let mut child = self
-            .ctl()
-            .arg("put")
-            .arg(std::ffi::OsStr::from_bytes(key))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(value).unwrap();
-        assert!(child.wait().unwrap().success(), "etcdctl put failed");
-    }
-
-    /// Every key with its value at revision `rev`, in key order.
-    fn all_at(&self, rev: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let out = ok(self.ctl().args([
-            "get",
-            "--prefix",
-            "",
-            "--rev",
-            &rev.to_string(),
-            "-w",
-            "json",
-        ]));
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut kvs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for kv in json["kvs"].as_array().cloned().unwrap_or_default() {
-            let value = kv["value"].as_str().map(b64).unwrap_or_default();
-            kvs.insert(b64(kv["key"].as_str().unwrap()), value);
-        }
-        kvs.into_iter()
-            .filter(|(k, _)| !k.starts_with(b"/vcluster/snapshot/"))
-            .collect()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    kvs.into_iter()
+        .filter(|(k, _)| !k.starts_with(b"/vcluster/snapshot/"))
+        .collect()
 }
 
 #[test]
 fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
-    let tmp = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(tmp.path());
-    let dest = tmp.path().join("backups");
-    let (identity, recipient) = age_key(tmp.path(), "key.txt");
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(&config, CONFIG_YAML).unwrap();
+    let s = setup();
+    let etcd = Etcd::start(&s.tmp.path().join("etcd"), "e0", None, None);
 
     // Puts, overwrites and deletes, then a compaction: the snapshot holds
     // several versions of some keys, tombstones and compacted history.
+    let pod = |i: usize| format!("/registry/pods/default/p{i:02}");
     for i in 0..40 {
-        etcd.put(
-            format!("/registry/pods/default/p{i:02}").as_bytes(),
-            format!("pod {i}").as_bytes(),
-        );
+        etcd_put(&etcd, pod(i).as_bytes(), format!("pod {i}").as_bytes());
     }
     for i in (0..40).step_by(3) {
-        etcd.put(
-            format!("/registry/pods/default/p{i:02}").as_bytes(),
-            b"updated",
-        );
+        etcd_put(&etcd, pod(i).as_bytes(), b"updated");
     }
     for i in (0..40).step_by(4) {
-        ok(etcd
-            .ctl()
-            .args(["del", &format!("/registry/pods/default/p{i:02}")]));
+        ok(etcd.etcdctl().args(["del", &pod(i)]));
     }
     let long = format!("/registry/configmaps/kube-system/{}", "x".repeat(150));
-    etcd.put(long.as_bytes(), b"long");
+    etcd_put(&etcd, long.as_bytes(), b"long");
     let binary: Vec<u8> = (1..=255u8).collect();
-    etcd.put(b"/registry/secrets/default/binary", &binary);
+    etcd_put(&etcd, b"/registry/secrets/default/binary", &binary);
     // A big value spills onto bbolt overflow pages.
-    etcd.put(
+    etcd_put(
+        &etcd,
         b"/registry/configmaps/default/big",
         "b".repeat(200_000).as_bytes(),
     );
-    etcd.put(b"/vcluster/snapshot/release", b"{\"stale\":true}");
-    let status = ok(etcd.ctl().args(["endpoint", "status", "-w", "json"]));
+    etcd_put(&etcd, b"/vcluster/snapshot/release", b"{\"stale\":true}");
+    let status = ok(etcd.etcdctl().args(["endpoint", "status", "-w", "json"]));
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let rev = status[0]["Status"]["header"]["revision"].as_i64().unwrap();
-    ok(etcd.ctl().args(["compact", &(rev - 5).to_string()]));
+    ok(etcd.etcdctl().args(["compact", &(rev - 5).to_string()]));
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -689,25 +545,19 @@ fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    ok(vcbackup()
-        .args([
-            "backup",
-            "--name",
-            "demo",
-            "--source",
-            &etcd.endpoint,
-            "--destination",
-        ])
-        .arg(format!("file://{}", dest.display()))
-        .args(["--recipient", &recipient, "--vcluster-config"])
-        .arg(&config));
+    ok(&mut backup(
+        &etcd.endpoint,
+        &s.dest,
+        &s.recipient,
+        &s.config,
+    ));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     assert!(writer.join().unwrap() > 0);
 
-    let (backup, manifest) = only_backup(&dest);
+    let (backup, manifest) = only_backup(&s.dest);
     let revision = manifest["revision"].as_i64().unwrap();
-    let expected = etcd.all_at(revision);
+    let expected = etcd_all_at(&etcd, revision);
     assert!(
         expected
             .iter()
@@ -721,15 +571,8 @@ fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
     );
 
     // From the downloaded file, its manifest and config beside it.
-    let archive = tmp.path().join("etcd.tar.gz");
-    ok(vcbackup()
-        .arg("export")
-        .arg("--input")
-        .arg(&backup)
-        .arg("-i")
-        .arg(&identity)
-        .arg("-o")
-        .arg(&archive));
+    let archive = s.tmp.path().join("etcd.tar.gz");
+    ok(export_input(&backup, &s.identity).arg("-o").arg(&archive));
     let entries = read_archive(&archive);
     let release = release(&entries).expect("a release entry");
     assert_eq!(
@@ -744,111 +587,34 @@ fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
 
 // --------------------------------------------------------------------- S3
 
-struct Moto {
-    child: Child,
-    endpoint: String,
-    home: tempfile::TempDir,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let venv = std::env::var_os("VCBACKUP_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                    .join(".cache/vcbackup/venv")
-            });
-        let server = venv.join("bin/moto_server");
-        assert!(server.exists(), "{} is missing: {SETUP}", server.display());
-        let port = free_port();
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            home: tempfile::tempdir().unwrap(),
-        };
-        moto.aws(&["s3api", "create-bucket", "--bucket", "snapshots"]);
-        moto
-    }
-
-    fn aws(&self, args: &[&str]) -> Output {
-        let venv = PathBuf::from(std::env::var_os("VCBACKUP_VENV").unwrap_or_else(|| {
-            format!(
-                "{}/.cache/vcbackup/venv",
-                std::env::var("HOME").unwrap_or_else(|_| "/root".into())
-            )
-            .into()
-        }));
-        ok(Command::new(venv.join("bin/aws"))
-            .args(args)
-            .args(["--endpoint-url", &self.endpoint, "--output", "json"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.home.path())
-            .env("AWS_ACCESS_KEY_ID", "AKIDEXPORTTEST")
-            .env("AWS_SECRET_ACCESS_KEY", "export-test-secret")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true"))
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn export_to_s3_writes_a_plain_tar_gz_object_with_server_side_encryption() {
-    let tmp = tempfile::tempdir().unwrap();
+    let s = setup();
     let moto = Moto::start();
-    let db = tmp.path().join("state.db");
-    let dest = tmp.path().join("backups");
-    let (identity, recipient) = age_key(tmp.path(), "key.txt");
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(&config, CONFIG_YAML).unwrap();
-    let conn = Connection::open(&db).unwrap();
-    conn.execute_batch(KINE_SCHEMA).unwrap();
-    for i in 0..500 {
-        kine_put(
-            &conn,
-            &format!("/registry/configmaps/default/c{i:03}"),
-            false,
-            format!("v{i}").as_bytes(),
-        );
-    }
-    drop(conn);
-    ok(vcbackup()
-        .args(["backup", "--name", "demo", "--source"])
-        .arg(&db)
-        .arg("--destination")
-        .arg(format!("file://{}", dest.display()))
-        .args(["--recipient", &recipient, "--vcluster-config"])
-        .arg(&config));
+    moto.aws(&["s3api", "create-bucket", "--bucket", "snapshots"]);
+    kine_db(
+        &s.db,
+        (0..500).map(|i| {
+            (
+                format!("/registry/configmaps/default/c{i:03}"),
+                format!("v{i}").into_bytes(),
+            )
+        }),
+    );
+    ok(&mut backup(&s.db, &s.dest, &s.recipient, &s.config));
     let to = format!(
         "s3://snapshots/vcluster/demo/x.tar.gz?endpoint={}&force-path-style=true&region=us-east-1&server-side-encryption=AES256",
-        moto.endpoint
+        moto.endpoint()
     );
     let export = |to: &str| {
         let mut cmd = vcbackup();
         cmd.args(["export", "latest", "--name", "demo", "--destination"])
-            .arg(format!("file://{}", dest.display()))
+            .arg(file_url(&s.dest))
             .arg("-i")
-            .arg(&identity)
+            .arg(&s.identity)
             .args(["--to", to])
-            .env("AWS_ACCESS_KEY_ID", "AKIDEXPORTTEST")
-            .env("AWS_SECRET_ACCESS_KEY", "export-test-secret")
+            .env("AWS_ACCESS_KEY_ID", &moto.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &moto.secret)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_CONFIG_FILE", "/dev/null")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
@@ -865,7 +631,7 @@ fn export_to_s3_writes_a_plain_tar_gz_object_with_server_side_encryption() {
     ]);
     let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
     assert_eq!(head["ServerSideEncryption"], "AES256");
-    let fetched = tmp.path().join("fetched.tar.gz");
+    let fetched = s.tmp.path().join("fetched.tar.gz");
     moto.aws(&[
         "s3api",
         "get-object",
@@ -877,13 +643,13 @@ fn export_to_s3_writes_a_plain_tar_gz_object_with_server_side_encryption() {
     ]);
     let entries = read_archive(&fetched);
     assert!(release(&entries).is_some());
-    assert_eq!(keys(&entries), kine_at(&db, i64::MAX));
+    assert_eq!(keys(&entries), kine_at(&s.db, i64::MAX));
 
     // The object exists: replaced only with --force.
-    let err = error_line(&mut export(&to));
+    let err = error_line(&fails(&mut export(&to)));
     assert!(err.contains("x.tar.gz") && err.contains("--force"), "{err}");
     ok(export(&to).arg("--force"));
     // Not a .tar.gz name: `vcluster snapshot list` would not show it.
-    let err = error_line(&mut export("s3://snapshots/vcluster/demo/x.tgz"));
+    let err = error_line(&fails(&mut export("s3://snapshots/vcluster/demo/x.tgz")));
     assert!(err.contains(".tar.gz"), "{err}");
 }

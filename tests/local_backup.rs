@@ -64,6 +64,11 @@ impl Setup {
         cmd
     }
 
+    /// The one value `sql` selects from the source database.
+    fn query_source<T: rusqlite::types::FromSql>(&self, sql: &str) -> T {
+        kine::query_one(&Connection::open(&self.db).unwrap(), sql, [])
+    }
+
     fn backup_dir(&self) -> PathBuf {
         self.dir.path().join("backups/demo")
     }
@@ -132,9 +137,7 @@ fn start_writer(db: &Path) -> Writer {
 /// The writer's transactions present in a restored database: must be 0..=n, each whole.
 fn committed_prefix(db: &Path) -> i64 {
     let conn = Connection::open(db).unwrap();
-    let ok: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
+    let ok: String = kine::query_one(&conn, "PRAGMA integrity_check", []);
     assert_eq!(ok, "ok");
     let mut stmt = conn
         .prepare(
@@ -163,10 +166,7 @@ fn committed_prefix(db: &Path) -> i64 {
 #[test]
 fn backups_under_a_live_writer_hold_exactly_a_prefix_of_its_commits() {
     let s = setup(8 << 20);
-    let schema_before: i64 = Connection::open(&s.db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-        .unwrap();
+    let schema_before: i64 = s.query_source("SELECT count(*) FROM sqlite_schema");
     let writer = start_writer(&s.db);
     while writer.acked.load(Ordering::SeqCst) < 20 {
         std::thread::sleep(Duration::from_millis(10));
@@ -203,13 +203,9 @@ fn backups_under_a_live_writer_hold_exactly_a_prefix_of_its_commits() {
 
     // Nothing was written into the source: same tables, still WAL.
     let conn = Connection::open(&s.db).unwrap();
-    let schema_after: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-        .unwrap();
+    let schema_after: i64 = kine::query_one(&conn, "SELECT count(*) FROM sqlite_schema", []);
     assert_eq!(schema_before, schema_after);
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .unwrap();
+    let mode: String = kine::query_one(&conn, "PRAGMA journal_mode", []);
     assert_eq!(mode, "wal");
 }
 
@@ -260,9 +256,7 @@ fn the_age_and_zstd_clis_read_what_we_write_byte_for_byte() {
 
     // The restored file is a working kine database in WAL mode.
     let conn = Connection::open(&plain).unwrap();
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .unwrap();
+    let mode: String = kine::query_one(&conn, "PRAGMA journal_mode", []);
     assert_eq!(mode, "wal");
 }
 
@@ -329,13 +323,7 @@ fn ssh_recipients_and_identities_work() {
     )
     .unwrap();
     let out = s.dir.path().join("out.db");
-    ok(vcbackup()
-        .arg("decrypt")
-        .arg(s.stored_object(name.trim()))
-        .arg("-i")
-        .arg(&key)
-        .arg("-o")
-        .arg(&out));
+    ok(&mut decrypt(&s.stored_object(name.trim()), &key, &out));
     assert_eq!(sha256(&out), sha256(&s.db));
     // The age CLI agrees.
     let age = Command::new(tool("age"))
@@ -351,10 +339,7 @@ fn ssh_recipients_and_identities_work() {
 #[test]
 fn restore_bumps_the_kine_revision_and_replaces_stale_wal_files() {
     let s = setup(1 << 20);
-    let revision: i64 = Connection::open(&s.db)
-        .unwrap()
-        .query_row("SELECT max(id) FROM kine", [], |r| r.get(0))
-        .unwrap();
+    let revision: i64 = s.query_source("SELECT max(id) FROM kine");
     take_backup(&s);
     let listed = list_json(&s.dest, "demo");
     assert_eq!(listed[0]["revision"].as_i64(), Some(revision));
@@ -367,9 +352,7 @@ fn restore_bumps_the_kine_revision_and_replaces_stale_wal_files() {
     assert!(!s.dir.path().join("target.db-wal").exists());
     assert!(!s.dir.path().join("target.db-shm").exists());
     let conn = Connection::open(&to).unwrap();
-    let max: i64 = conn
-        .query_row("SELECT max(id) FROM kine", [], |r| r.get(0))
-        .unwrap();
+    let max: i64 = kine::query_one(&conn, "SELECT max(id) FROM kine", []);
     assert_eq!(max, revision + 1000);
     // The next revision kine writes continues above the bump.
     conn.execute("INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value) VALUES ('/registry/x', 1, 0, 0, 0, 0, x'', x'')", []).unwrap();
@@ -608,15 +591,11 @@ fn wrong_identities_unknown_names_and_damaged_backups_replace_nothing() {
 
     let not_identity = s.dir.path().join("garbage.txt");
     std::fs::write(&not_identity, "AGE-SECRET-KEY-1NOPE\n").unwrap();
-    let err = error_line(&fails(
-        vcbackup()
-            .arg("decrypt")
-            .arg(s.stored_object(&name))
-            .arg("-i")
-            .arg(&not_identity)
-            .arg("-o")
-            .arg(&to),
-    ));
+    let err = error_line(&fails(&mut decrypt(
+        &s.stored_object(&name),
+        &not_identity,
+        &to,
+    )));
     assert!(
         err.contains("garbage.txt") && err.contains("line 1") && !err.contains("NOPE"),
         "{err}"
@@ -641,15 +620,7 @@ fn wrong_identities_unknown_names_and_damaged_backups_replace_nothing() {
 
     // decrypt of a damaged download writes nothing.
     let out = s.dir.path().join("decrypted.db");
-    let err = error_line(&fails(
-        vcbackup()
-            .arg("decrypt")
-            .arg(&object)
-            .arg("-i")
-            .arg(&s.keys.identity)
-            .arg("-o")
-            .arg(&out),
-    ));
+    let err = error_line(&fails(&mut decrypt(&object, &s.keys.identity, &out)));
     assert!(err.contains(&*object.display().to_string()), "{err}");
     assert!(!out.exists());
     assert_eq!(
@@ -675,15 +646,11 @@ fn a_manifest_that_disagrees_with_the_data_fails_verification() {
     assert!(err.contains("does not match its manifest"), "{err}");
     assert!(!to.exists());
     // decrypt checks the manifest beside a downloaded file too.
-    let err = error_line(&fails(
-        vcbackup()
-            .arg("decrypt")
-            .arg(s.stored_object(&name))
-            .arg("-i")
-            .arg(&s.keys.identity)
-            .arg("-o")
-            .arg(&to),
-    ));
+    let err = error_line(&fails(&mut decrypt(
+        &s.stored_object(&name),
+        &s.keys.identity,
+        &to,
+    )));
     assert!(err.contains("does not match its manifest"), "{err}");
     assert!(!to.exists());
 }
@@ -710,19 +677,9 @@ fn a_full_destination_fails_cleanly() {
         }
     }
     let _unmount = Unmount(mount.clone());
-    let mut cmd = vcbackup();
-    cmd.args([
-        "backup",
-        "--name",
-        "demo",
-        "--no-encryption",
-        "--compression-level",
-        "1",
-        "--destination",
-        &file_url(&mount),
-    ])
-    .arg("--source")
-    .arg(&s.db);
+    let mut cmd = unencrypted("backup", &file_url(&mount));
+    cmd.args(["--compression-level", "1", "--source"])
+        .arg(&s.db);
     let err = error_line(&fails(&mut cmd));
     assert!(
         err.contains("No space left on device") && err.contains(&*mount.display().to_string()),
@@ -899,15 +856,11 @@ fn a_damaged_identity_file_is_called_that_naming_the_line_not_the_key() {
         ),
     )
     .unwrap();
-    let err = error_line(&fails(
-        vcbackup()
-            .arg("decrypt")
-            .arg(s.stored_object(&name))
-            .arg("-i")
-            .arg(&identity)
-            .arg("-o")
-            .arg(s.dir.path().join("out.db")),
-    ));
+    let err = error_line(&fails(&mut decrypt(
+        &s.stored_object(&name),
+        &identity,
+        &s.dir.path().join("out.db"),
+    )));
     assert!(
         err.contains("damaged.txt")
             && err.contains("not a valid identity")
@@ -955,15 +908,11 @@ fn restore_and_decrypt_onto_a_dangling_symlink_fail_first_naming_force() {
     // --if-missing does not keep a link to nothing: there is no database to keep.
     let err = error_line(&fails(s.restore(&to).arg("--if-missing")));
     assert!(err.contains("--force"), "{err}");
-    let err = error_line(&fails(
-        vcbackup()
-            .arg("decrypt")
-            .arg(s.stored_object(&name))
-            .arg("-i")
-            .arg(&s.keys.identity)
-            .arg("-o")
-            .arg(&to),
-    ));
+    let err = error_line(&fails(&mut decrypt(
+        &s.stored_object(&name),
+        &s.keys.identity,
+        &to,
+    )));
     assert!(err.contains("link.db") && err.contains("--force"), "{err}");
     assert!(to.symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(
@@ -988,11 +937,8 @@ fn restore_and_decrypt_check_the_stored_digest() {
         let backup = |s: &Setup| {
             let mut cmd = s.backup();
             if !encrypted {
-                cmd = vcbackup();
-                cmd.args(["backup", "--name", "demo", "--no-encryption"])
-                    .args(["--destination", &s.dest])
-                    .arg("--source")
-                    .arg(&s.db);
+                cmd = unencrypted("backup", &s.dest);
+                cmd.arg("--source").arg(&s.db);
             }
             String::from_utf8(ok(&mut cmd).stdout)
                 .unwrap()
@@ -1014,16 +960,12 @@ fn restore_and_decrypt_check_the_stored_digest() {
             cmd.args(["--force", name]);
             error_line(&fails(&mut cmd))
         };
-        let decrypt = |object: &Path| {
-            error_line(&fails(
-                vcbackup()
-                    .arg("decrypt")
-                    .arg(object)
-                    .arg("-i")
-                    .arg(&s.keys.identity)
-                    .arg("-o")
-                    .arg(s.dir.path().join("decrypted.db")),
-            ))
+        let decrypt_fails = |object: &Path| {
+            error_line(&fails(&mut decrypt(
+                object,
+                &s.keys.identity,
+                &s.dir.path().join("decrypted.db"),
+            )))
         };
         let mismatch = |err: &str, what: &str| {
             assert!(
@@ -1037,12 +979,18 @@ fn restore_and_decrypt_check_the_stored_digest() {
         appended.extend_from_slice(b"appended after the end");
         std::fs::write(&first_object, &appended).unwrap();
         mismatch(&restore(&first), &first);
-        mismatch(&decrypt(&first_object), &first_object.display().to_string());
+        mismatch(
+            &decrypt_fails(&first_object),
+            &first_object.display().to_string(),
+        );
 
         // Another backup of the same cluster under this one's name.
         std::fs::copy(&second_object, &first_object).unwrap();
         mismatch(&restore(&first), &first);
-        mismatch(&decrypt(&first_object), &first_object.display().to_string());
+        mismatch(
+            &decrypt_fails(&first_object),
+            &first_object.display().to_string(),
+        );
 
         assert_eq!(std::fs::read(&to).unwrap(), b"precious");
         assert!(!s.dir.path().join("decrypted.db").exists());
@@ -1050,13 +998,11 @@ fn restore_and_decrypt_check_the_stored_digest() {
         // Without a manifest beside it, decrypt has nothing to check the bytes against.
         let alone = s.dir.path().join("alone.zst");
         std::fs::write(&alone, &original).unwrap();
-        ok(vcbackup()
-            .arg("decrypt")
-            .arg(&alone)
-            .arg("-i")
-            .arg(&s.keys.identity)
-            .arg("-o")
-            .arg(s.dir.path().join("alone.db")));
+        ok(&mut decrypt(
+            &alone,
+            &s.keys.identity,
+            &s.dir.path().join("alone.db"),
+        ));
         std::fs::write(&first_object, &original).unwrap();
         ok(s.restore(&to).args(["--force", &first]));
     }
@@ -1075,17 +1021,8 @@ fn a_backup_leaves_no_new_file_beside_the_source() {
     small_kine_db(&db, 256 << 10);
     assert_eq!(files_in(&source_dir), ["state.db"]);
     let backup = || {
-        let mut cmd = vcbackup();
-        cmd.args([
-            "backup",
-            "--name",
-            "demo",
-            "--no-encryption",
-            "--destination",
-            &dest,
-        ])
-        .arg("--source")
-        .arg(&db);
+        let mut cmd = unencrypted("backup", &dest);
+        cmd.arg("--source").arg(&db);
         cmd
     };
     ok(&mut backup());

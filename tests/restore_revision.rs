@@ -3,63 +3,22 @@
 //! the compact revision is raised to it, so watches relist instead of silently
 //! missing the rollback. `--bump-revision 0` still writes the backed-up bytes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
-fn vcbackup() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vcbackup"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VCBACKUP_") || key == "VCLUSTER_NAME" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("VCBACKUP_LOG", "warn");
-    cmd
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-const SCHEMA: &str = "
-CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name INTEGER, created INTEGER,
-  deleted INTEGER, create_revision INTEGER, prev_revision INTEGER, lease INTEGER, value BLOB,
-  old_value BLOB);
-CREATE INDEX kine_name_index ON kine (name);
-CREATE UNIQUE INDEX kine_name_prev_revision_uindex ON kine (name, prev_revision);
-";
+use common::kine;
+use common::*;
 
 /// Appends `n` kine-shaped revisions (creates, then updates of the same keys).
 fn write(conn: &mut Connection, n: usize) {
     let tx = conn.transaction().unwrap();
     for _ in 0..n {
-        let next: i64 = tx
-            .query_row("SELECT coalesce(max(id), 0) + 1 FROM kine", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let next: i64 = kine::query_one(&tx, "SELECT coalesce(max(id), 0) + 1 FROM kine", []);
         let name = format!("/registry/leases/l{}", next % 40);
-        let prev: i64 = tx
-            .query_row(
-                "SELECT coalesce(max(id), 0) FROM kine WHERE name = ?1",
-                [&name],
-                |r| r.get(0),
-            )
-            .unwrap();
-        tx.execute(
-            "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
-             VALUES (?1, ?2, 0, 0, ?3, 0, ?4, NULL)",
-            params![name, prev == 0, prev, format!("v{next}")],
-        )
-        .unwrap();
+        kine::put(&tx, &name, false, format!("v{next}"));
     }
     tx.commit().unwrap();
 }
@@ -82,15 +41,13 @@ struct Facts {
 
 fn facts(path: &Path) -> Facts {
     let conn = Connection::open(path).unwrap();
-    let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    let one = |sql: &str| -> i64 { kine::query_one(&conn, sql, []) };
     Facts {
         max_id: one("SELECT max(id) FROM kine"),
         compact: one(
             "SELECT coalesce(max(prev_revision), 0) FROM kine WHERE name = 'compact_rev_key'",
         ),
-        integrity: conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap(),
+        integrity: kine::query_one(&conn, "PRAGMA integrity_check", []),
         duplicates: one(
             "SELECT count(*) FROM (SELECT 1 FROM kine GROUP BY name, prev_revision HAVING count(*) > 1)",
         ),
@@ -100,29 +57,17 @@ fn facts(path: &Path) -> Facts {
 /// A kine database with a compact_rev_key row and a backup of it; returns the
 /// destination and the backup's revision.
 fn backed_up(dir: &Path, db: &Path) -> (String, i64) {
-    let mut conn = Connection::open(db).unwrap();
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-        .unwrap();
-    conn.execute_batch(SCHEMA).unwrap();
+    let mut conn = kine::open(db).unwrap();
     write(&mut conn, 300);
     compact_rev_key(&conn, 120);
     write(&mut conn, 200);
     drop(conn);
-    let destination = format!("file://{}", dir.join("backups").display());
+    let destination = file_url(&dir.join("backups"));
     ok(vcbackup()
         .args(["backup", "--name", "demo", "--no-encryption", "--source"])
         .arg(db)
         .args(["--destination", &destination]));
-    let listed = ok(vcbackup().args([
-        "list",
-        "-o",
-        "json",
-        "--name",
-        "demo",
-        "--destination",
-        &destination,
-    ]));
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = list_json(&destination, "demo");
     (destination, listed[0]["revision"].as_i64().unwrap())
 }
 
@@ -150,13 +95,11 @@ fn replacing_a_live_store_5000_revisions_ahead_ends_above_it_and_compacts() {
     // compacted away: only sqlite_sequence still knows how far it went.
     let mut conn = Connection::open(&db).unwrap();
     write(&mut conn, 5000);
-    let live_seq: i64 = conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'kine'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let live_seq: i64 = kine::query_one(
+        &conn,
+        "SELECT seq FROM sqlite_sequence WHERE name = 'kine'",
+        [],
+    );
     conn.execute("DELETE FROM kine WHERE id > ?1", [live_seq - 10])
         .unwrap();
     drop(conn);
@@ -179,13 +122,11 @@ fn replacing_a_live_store_5000_revisions_ahead_ends_above_it_and_compacts() {
     assert_eq!(restored.duplicates, 0);
     // The keys are the backup's, not the live store's.
     let conn = Connection::open(&db).unwrap();
-    let rows: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM kine WHERE id <= ?1",
-            [backup_rev],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let rows: i64 = kine::query_one(
+        &conn,
+        "SELECT count(*) FROM kine WHERE id <= ?1",
+        [backup_rev],
+    );
     assert_eq!(rows, backup_rev);
 }
 
@@ -208,17 +149,6 @@ fn without_a_live_store_the_bump_is_relative_to_the_backup_and_zero_keeps_the_by
 
     let exact = tmp.path().join("exact.db");
     restore(&destination, &exact, &["--bump-revision", "0"]);
-    let listed = ok(vcbackup().args([
-        "list",
-        "-o",
-        "json",
-        "--name",
-        "demo",
-        "--destination",
-        &destination,
-    ]));
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    use sha2::Digest;
-    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&exact).unwrap()));
-    assert_eq!(listed[0]["sha256"], digest);
+    let listed = list_json(&destination, "demo");
+    assert_eq!(listed[0]["sha256"], sha256(&exact));
 }

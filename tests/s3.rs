@@ -43,9 +43,41 @@ fn fixture(db_bytes: usize) -> Fixture {
     }
 }
 
+/// A fixture whose scene has the static keys `access_key` and `secret`.
+fn fixture_with_keys(db_bytes: usize, access_key: &str, secret: &str) -> Fixture {
+    let mut f = fixture(db_bytes);
+    f.scene.static_keys(access_key, secret);
+    f
+}
+
+/// s3s-fs accepting [`ACCESS_KEY`], behind a proxy that injects `faults`.
+fn s3s_fs_behind(faults: Faults) -> (S3sFs, FaultProxy) {
+    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
+    let proxy = FaultProxy::start(server.addr, faults);
+    (server, proxy)
+}
+
+/// moto with the bucket [`BUCKET`], and an SDK client as its full-access user.
+fn moto_with_bucket() -> (Moto, aws_sdk_s3::Client) {
+    let moto = Moto::start();
+    let client = s3_client(&moto.endpoint(), &moto.access_key, &moto.secret);
+    rt().block_on(client.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    (moto, client)
+}
+
+/// `destination` with its `team/prod` prefix replaced by a fresh one.
+fn fresh_prefix(destination: &str) -> String {
+    destination.replace(
+        "team/prod",
+        &format!("team/{}", random_text(6).to_lowercase()),
+    )
+}
+
 impl Fixture {
-    fn backup(&self, destination: &str) -> std::process::Output {
-        self.scene.run(&[
+    /// The arguments of a backup of the source into `destination`.
+    fn backup_args<'a>(&'a self, destination: &'a str) -> Vec<&'a str> {
+        vec![
             "backup",
             "--source",
             &self.source,
@@ -55,17 +87,20 @@ impl Fixture {
             "demo",
             "--recipient",
             &self.recipient,
-        ])
+        ]
     }
 
+    /// A backup into `destination` that must succeed; returns the name it printed.
     fn backup_ok(&self, destination: &str) -> String {
-        let out = self.backup(destination);
-        assert!(
-            out.status.success(),
-            "backup failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        self.scene
+            .ok(&self.backup_args(destination))
+            .trim()
+            .to_string()
+    }
+
+    /// A backup into `destination` that must fail; returns its standard error.
+    fn backup_fails(&self, destination: &str) -> String {
+        self.scene.fails(&self.backup_args(destination))
     }
 
     fn restore(&self, destination: &str, name: &str, to: &str) {
@@ -112,8 +147,7 @@ impl Fixture {
 fn backup_list_restore_round_trip_through_s3s_fs() {
     let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     // Two parts of 5 MiB: the multipart path.
-    let mut f = fixture(MULTIPART_DB);
-    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let f = fixture_with_keys(MULTIPART_DB, ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "");
 
     let name = f.backup_ok(&dest);
@@ -140,9 +174,7 @@ fn a_wrong_secret_fails_with_a_clear_message() {
     f.scene.static_keys(ACCESS_KEY, wrong);
     let dest = destination(&server.endpoint(), "");
 
-    let out = f.backup(&dest);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = f.backup_fails(&dest);
     assert!(
         stderr.contains("error: store demo-")
             && stderr.contains("in s3://backups/team/prod/demo/")
@@ -168,8 +200,7 @@ fn a_wrong_secret_fails_with_a_clear_message() {
 #[test]
 fn a_missing_bucket_is_named() {
     let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
-    let mut f = fixture(MIB);
-    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let f = fixture_with_keys(MIB, ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "").replace("s3://backups/", "s3://elsewhere/");
     let stderr = f
         .scene
@@ -188,8 +219,7 @@ fn the_daemon_keeps_retention_healthy_on_a_server_without_list_multipart_uploads
     // s3s-fs, like some S3-compatible stores, answers ListMultipartUploads with
     // NotImplemented: the stale-upload sweep must warn once, not fail every run.
     let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
-    let mut f = fixture(MIB);
-    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let f = fixture_with_keys(MIB, ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -256,8 +286,7 @@ fn the_daemon_keeps_retention_healthy_on_a_server_without_list_multipart_uploads
 
 #[test]
 fn an_unreachable_endpoint_is_named() {
-    let mut f = fixture(MIB);
-    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let mut f = fixture_with_keys(MIB, ACCESS_KEY, SECRET);
     f.scene.set("AWS_MAX_ATTEMPTS", "1");
     let endpoint = format!("http://127.0.0.1:{}", free_port());
     let stderr = f.scene.fails(&[
@@ -275,16 +304,11 @@ fn an_unreachable_endpoint_is_named() {
 
 #[test]
 fn transient_part_errors_are_retried() {
-    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
-    let proxy = FaultProxy::start(
-        server.addr,
-        Faults {
-            statuses: [500, 503, 500].into(),
-            ..Faults::default()
-        },
-    );
-    let mut f = fixture(MULTIPART_DB);
-    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let (server, proxy) = s3s_fs_behind(Faults {
+        statuses: [500, 503, 500].into(),
+        ..Faults::default()
+    });
+    let f = fixture_with_keys(MULTIPART_DB, ACCESS_KEY, SECRET);
     let dest = destination(&proxy.endpoint(), "");
 
     let name = f.backup_ok(&dest);
@@ -302,16 +326,11 @@ fn transient_part_errors_are_retried() {
 
 #[test]
 fn a_connection_cut_mid_part_is_retried() {
-    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
-    let proxy = FaultProxy::start(
-        server.addr,
-        Faults {
-            cuts: 2,
-            ..Faults::default()
-        },
-    );
-    let mut f = fixture(MULTIPART_DB);
-    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let (server, proxy) = s3s_fs_behind(Faults {
+        cuts: 2,
+        ..Faults::default()
+    });
+    let f = fixture_with_keys(MULTIPART_DB, ACCESS_KEY, SECRET);
     // For servers that reject the newer checksum headers: none is sent.
     let dest = destination(&proxy.endpoint(), "&checksum=when-required");
 
@@ -324,23 +343,16 @@ fn a_connection_cut_mid_part_is_retried() {
 
 #[test]
 fn a_persistent_failure_aborts_the_upload() {
-    let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
-    let proxy = FaultProxy::start(
-        server.addr,
-        Faults {
-            always: Some(503),
-            ..Faults::default()
-        },
-    );
-    let mut f = fixture(MULTIPART_DB);
-    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let (server, proxy) = s3s_fs_behind(Faults {
+        always: Some(503),
+        ..Faults::default()
+    });
+    let mut f = fixture_with_keys(MULTIPART_DB, ACCESS_KEY, SECRET);
     // Fewer attempts than the default keeps the test short; the path is the same.
     f.scene.set("AWS_MAX_ATTEMPTS", "2");
     let dest = destination(&proxy.endpoint(), "");
 
-    let out = f.backup(&dest);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = f.backup_fails(&dest);
     assert!(
         stderr.contains("error: store demo-")
             && stderr.contains("in s3://backups/team/prod/demo/: upload part ")
@@ -405,23 +417,9 @@ fn eks_pod_identity_credentials_are_refreshed_during_a_long_backup() {
 
 #[test]
 fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
-    let moto = Moto::start();
-    let client = s3_client(&moto.endpoint(), &moto.access_key, &moto.secret);
-    rt().block_on(client.create_bucket().bucket(BUCKET).send())
-        .unwrap();
+    let (moto, client) = moto_with_bucket();
     let mut f = fixture(MULTIPART_DB);
-    let key = aws_cli(
-        &moto.endpoint(),
-        &moto.access_key,
-        &moto.secret,
-        &["kms", "create-key", "--region", REGION],
-        f.scene.dir.path(),
-    );
-    assert!(
-        key.status.success(),
-        "{}",
-        String::from_utf8_lossy(&key.stderr)
-    );
+    let key = moto.aws(&["kms", "create-key", "--region", REGION]);
     let key: serde_json::Value = serde_json::from_slice(&key.stdout).unwrap();
     let key_arn = key["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
     f.scene.static_keys(&moto.access_key, &moto.secret);
@@ -464,9 +462,7 @@ fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
         &proxy.endpoint(),
         &format!("&server-side-encryption=aws:kms&kms-key-id={key_arn}"),
     );
-    let out = f.backup(&failing);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = f.backup_fails(&failing);
     assert!(
         stderr.contains("upload part") && stderr.contains("InternalError"),
         "{stderr}"
@@ -483,9 +479,7 @@ fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
     let (reader_key, reader_secret) = &moto.reader;
     f.scene.static_keys(reader_key, reader_secret);
     assert_eq!(f.list(&dest), std::slice::from_ref(&name));
-    let out = f.backup(&dest);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = f.backup_fails(&dest);
     assert!(
         stderr.contains("access denied")
             && stderr
@@ -503,17 +497,7 @@ fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
     let missing = dest.replace("s3://backups/", "s3://no-such-bucket/");
     for args in [
         vec!["list", "--destination", &missing, "--name", "demo"],
-        vec![
-            "backup",
-            "--source",
-            &f.source,
-            "--destination",
-            &missing,
-            "--name",
-            "demo",
-            "--recipient",
-            &f.recipient,
-        ],
+        f.backup_args(&missing),
     ] {
         let stderr = f.scene.fails(&args);
         assert!(
@@ -536,10 +520,7 @@ fn moto_with_iam_auth_stores_sse_kms_and_leaves_no_upload_behind() {
 
 #[test]
 fn prune_aborts_unfinished_uploads_older_than_the_limit_under_its_prefix_only() {
-    let moto = Moto::start();
-    let client = s3_client(&moto.endpoint(), &moto.access_key, &moto.secret);
-    rt().block_on(client.create_bucket().bucket(BUCKET).send())
-        .unwrap();
+    let (moto, client) = moto_with_bucket();
     // What an agent killed mid-upload leaves behind, here and beside us.
     for key in [
         "team/prod/demo/leftover.zst.age",
@@ -566,8 +547,7 @@ fn prune_aborts_unfinished_uploads_older_than_the_limit_under_its_prefix_only() 
         keys.sort();
         keys
     };
-    let mut f = fixture(MIB);
-    f.scene.static_keys(&moto.access_key, &moto.secret);
+    let f = fixture_with_keys(MIB, &moto.access_key, &moto.secret);
     let dest = destination(&moto.endpoint(), "");
     let prune = |extra: &[&str]| {
         let mut args = vec!["prune", "--destination", &dest, "--name", "demo"];
@@ -605,13 +585,12 @@ fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
     tool("age");
     tool("zstd");
     let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
-    let mut f = fixture(MULTIPART_DB);
-    f.scene.static_keys(ACCESS_KEY, SECRET);
+    let f = fixture_with_keys(MULTIPART_DB, ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "");
     let name = f.backup_ok(&dest);
 
     let downloaded = f.scene.path("downloaded.zst.age");
-    let out = aws_cli(
+    aws_cli(
         &server.endpoint(),
         ACCESS_KEY,
         SECRET,
@@ -622,11 +601,6 @@ fn the_aws_cli_downloads_a_backup_that_age_and_zstd_restore() {
             &downloaded.display().to_string(),
         ],
         f.scene.dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let plain = f.scene.path("by-hand.db");
     let by_hand = std::process::Command::new("bash")
@@ -660,17 +634,7 @@ impl Fixture {
     /// `agents` backups into `destination` under one name, started together as
     /// HA replicas on one schedule are. Returns the names they printed.
     fn backups_at_once(&self, destination: &str, agents: usize, extra: &[&str]) -> Vec<String> {
-        let mut args = vec![
-            "backup",
-            "--source",
-            &self.source,
-            "--destination",
-            destination,
-            "--name",
-            "demo",
-            "--recipient",
-            &self.recipient,
-        ];
+        let mut args = self.backup_args(destination);
         args.extend_from_slice(extra);
         let barrier = std::sync::Barrier::new(agents);
         let outputs: Vec<std::process::Output> = std::thread::scope(|scope| {
@@ -728,13 +692,9 @@ fn concurrent_agents_under_one_name_never_lose_a_backup_on_s3s_fs() {
     let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     // One of the two sizes is multipart (CompleteMultipartUpload), the other a single PUT.
     for db in [MULTIPART_DB, 64 << 10] {
-        let mut f = fixture(db);
-        f.scene.static_keys(ACCESS_KEY, SECRET);
+        let f = fixture_with_keys(db, ACCESS_KEY, SECRET);
         let dest = destination(&server.endpoint(), "");
-        let dest = dest.replace(
-            "team/prod",
-            &format!("team/{}", random_text(6).to_lowercase()),
-        );
+        let dest = fresh_prefix(&dest);
         f.assert_no_backup_lost(&dest, &[]);
     }
     assert!(server.leftovers().is_empty(), "{:?}", server.leftovers());
@@ -742,18 +702,11 @@ fn concurrent_agents_under_one_name_never_lose_a_backup_on_s3s_fs() {
 
 #[test]
 fn concurrent_agents_under_one_name_never_lose_a_backup_on_moto() {
-    let moto = Moto::start();
-    let client = s3_client(&moto.endpoint(), &moto.access_key, &moto.secret);
-    rt().block_on(client.create_bucket().bucket(BUCKET).send())
-        .unwrap();
+    let (moto, _client) = moto_with_bucket();
     for db in [MULTIPART_DB, 64 << 10] {
-        let mut f = fixture(db);
-        f.scene.static_keys(&moto.access_key, &moto.secret);
+        let f = fixture_with_keys(db, &moto.access_key, &moto.secret);
         let dest = destination(&moto.endpoint(), "");
-        let dest = dest.replace(
-            "team/prod",
-            &format!("team/{}", random_text(6).to_lowercase()),
-        );
+        let dest = fresh_prefix(&dest);
         // moto reports every multipart upload as initiated in 2010, so each
         // agent's sweep after its backup would abort the others' live uploads;
         // S3 reports the real time. Sweeping is tested on its own elsewhere.

@@ -1,5 +1,6 @@
 //! The built binary, run as a user or an operator would: [`vcbackup`] with the
-//! test process's environment minus any `VCBACKUP_` setting, or a [`Scene`]
+//! test process's environment minus any `VCBACKUP_` setting and `VCLUSTER_NAME`
+//! (the default `--name`), or a [`Scene`]
 //! with nothing from the machine at all (no AWS settings).
 
 use std::path::{Path, PathBuf};
@@ -11,11 +12,38 @@ pub fn vcbackup() -> Command {
     let mut cmd = Command::new(BINARY);
     // Only what a test passes explicitly configures the binary.
     for (key, _) in std::env::vars() {
-        if key.starts_with("VCBACKUP_") {
+        if key.starts_with("VCBACKUP_") || key == "VCLUSTER_NAME" {
             cmd.env_remove(key);
         }
     }
     cmd.env("VCBACKUP_LOG", "warn");
+    cmd
+}
+
+/// `vcbackup COMMAND --name demo --no-encryption --destination DESTINATION`,
+/// for the rest to be added.
+pub fn unencrypted(command: &str, destination: &str) -> Command {
+    let mut cmd = vcbackup();
+    cmd.args([
+        command,
+        "--name",
+        "demo",
+        "--no-encryption",
+        "--destination",
+        destination,
+    ]);
+    cmd
+}
+
+/// `vcbackup decrypt INPUT -i IDENTITY -o OUT`.
+pub fn decrypt(input: &Path, identity: &Path, out: &Path) -> Command {
+    let mut cmd = vcbackup();
+    cmd.arg("decrypt")
+        .arg(input)
+        .arg("-i")
+        .arg(identity)
+        .arg("-o")
+        .arg(out);
     cmd
 }
 

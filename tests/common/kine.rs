@@ -232,6 +232,32 @@ pub fn incompressible_kine_db(path: &std::path::Path, bytes: usize) {
     fill_with(&mut conn, path, bytes as u64, 7, Values::Incompressible).unwrap();
 }
 
+/// One kine write of `name`, as kine appends it: a create when the key has no
+/// row yet, else a row whose prev_revision is the key's latest; `deleted` for
+/// a delete.
+pub fn put(conn: &Connection, name: &str, deleted: bool, value: impl rusqlite::ToSql) {
+    let prev: i64 = query_one(
+        conn,
+        "SELECT coalesce(max(id), 0) FROM kine WHERE name = ?1",
+        [name],
+    );
+    conn.execute(
+        "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
+         VALUES (?1, ?2, ?3, 0, ?4, 0, ?5, NULL)",
+        params![name, prev == 0, deleted, prev, value],
+    )
+    .unwrap();
+}
+
+/// The one value `sql` selects (a count, a revision, a pragma's answer).
+pub fn query_one<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> T {
+    conn.query_row(sql, params, |r| r.get(0)).unwrap()
+}
+
 /// A digest of a kine database's rows, to compare a restore with its source.
 pub fn kine_digest(path: &std::path::Path) -> String {
     use sha2::{Digest, Sha256};

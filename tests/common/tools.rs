@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What installs the tools; a test that misses one says to run it.
-pub const SETUP: &str =
-    "run scripts/setup (it installs etcd-server, etcd-client, age, zstd, openssl and moto)";
+pub const SETUP: &str = "run scripts/setup (it installs etcd-server, etcd-client, age, zstd, openssl, python3 and moto)";
 
 /// A tool the tests need; missing means the setup did not run.
 pub fn tool(name: &str) -> PathBuf {

@@ -51,19 +51,33 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Serves `handler` on a fresh loopback port, on [`rt`].
 pub(crate) fn serve<F, Fut>(handler: F) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send + 'static,
 {
+    serve_service(service_fn(handler))
+}
+
+/// Serves `service` over HTTP/1 on a fresh loopback port, on [`rt`].
+pub(crate) fn serve_service<S, B>(service: S) -> SocketAddr
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let listener = rt().block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     rt().spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            let handler = handler.clone();
+            let service = service.clone();
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(socket), service_fn(handler))
+                    .serve_connection(TokioIo::new(socket), service)
                     .await;
             });
         }

@@ -65,7 +65,7 @@ pub struct Moto {
     /// Access key and secret of the read-only user.
     pub reader: (String, String),
     child: Child,
-    _home: tempfile::TempDir,
+    home: tempfile::TempDir,
 }
 
 impl Moto {
@@ -95,7 +95,7 @@ impl Moto {
             secret: String::new(),
             reader: (String::new(), String::new()),
             child,
-            _home: home,
+            home,
         };
         (moto.access_key, moto.secret) = moto.create_user(
             "vcbackup",
@@ -135,19 +135,24 @@ impl Moto {
     }
 
     fn aws_unauthenticated(&self, args: &[&str]) -> Output {
-        let out = aws_cli(
+        aws_cli(
             &self.endpoint(),
             "AKIDUNAUTHENTICATED",
             "unused",
             args,
-            self._home.path(),
-        );
-        assert!(
-            out.status.success(),
-            "aws {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+            self.home.path(),
+        )
+    }
+
+    /// The AWS CLI as the user that may do anything ([`Moto::access_key`]).
+    pub fn aws(&self, args: &[&str]) -> Output {
+        aws_cli(
+            &self.endpoint(),
+            &self.access_key,
+            &self.secret,
+            args,
+            self.home.path(),
+        )
     }
 }
 
@@ -158,7 +163,8 @@ impl Drop for Moto {
     }
 }
 
-/// Runs the venv's AWS CLI against `endpoint` with the given credentials.
+/// Runs the venv's AWS CLI against `endpoint` with the given credentials, and
+/// insists on success.
 pub fn aws_cli(
     endpoint: &str,
     access_key: &str,
@@ -172,7 +178,7 @@ pub fn aws_cli(
         format!("[default]\nregion = {REGION}\ns3 =\n  addressing_style = path\n"),
     )
     .unwrap();
-    Command::new(venv().join("bin/aws"))
+    let out = Command::new(venv().join("bin/aws"))
         .args(args)
         .args(["--endpoint-url", endpoint, "--output", "json"])
         .env_clear()
@@ -184,5 +190,11 @@ pub fn aws_cli(
         .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
-        .expect("run the AWS CLI")
+        .expect("run the AWS CLI");
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

@@ -4,10 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-
-use super::{AccessKeys, BUCKET, KeysAuth, rt};
+use super::{AccessKeys, BUCKET, KeysAuth, serve_service};
 use crate::common::files_under;
 
 /// s3s-fs ties a multipart upload to the access key that started it; AWS ties
@@ -69,19 +66,7 @@ impl S3sFs {
             keys: Arc::clone(&keys),
         });
         builder.set_auth(KeysAuth(Arc::clone(&keys)));
-        let service = builder.build();
-        let listener = rt().block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        rt().spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
-                });
-            }
-        });
+        let addr = serve_service(builder.build());
         S3sFs { addr, root, keys }
     }
 
