@@ -1,0 +1,187 @@
+//! Reading backups back: `list`, `decrypt`, `restore` and `export`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, ValueEnum};
+
+use super::target::{StorageArgs, parse_time};
+use crate::catalog::Selector;
+use crate::pipeline::Identities;
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Output format.
+    #[arg(long, short, env = "VCBACKUP_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// The private key that opens the backup: an age identity file (`AGE-SECRET-KEY-1…`, from
+    /// age-keygen) or an unencrypted OpenSSH private key. Not needed for unencrypted backups.
+    #[arg(long, short, env = "VCBACKUP_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// The backup file, or `-` for standard input. [default: standard input]
+    #[arg(value_name = "FILE|-")]
+    pub input: Option<PathBuf>,
+
+    /// Where the plaintext goes, or `-` for standard output. [default: standard output]
+    #[arg(long, short, env = "VCBACKUP_DECRYPT_OUTPUT", value_name = "OUT|-")]
+    pub output: Option<PathBuf>,
+
+    /// Replace OUT if it exists.
+    #[arg(long, env = "VCBACKUP_DECRYPT_FORCE")]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup to restore: a name from `vcbackup list`, or `latest`.
+    #[arg(value_name = "NAME|latest", default_value = "latest")]
+    pub backup: String,
+
+    /// Restore the newest backup taken at or before this time (RFC 3339, e.g. 2026-11-20T08:00:00Z).
+    #[arg(long, env = "VCBACKUP_RESTORE_AT", value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<DateTime<Utc>>,
+
+    /// The file to write: kine's state.db (stop the control plane first), or for an etcd backup
+    /// the snapshot file for `etcdutl snapshot restore`.
+    #[arg(long, env = "VCBACKUP_RESTORE_TO", value_name = "PATH")]
+    pub to: PathBuf,
+
+    /// Replace the target if it exists.
+    #[arg(long, env = "VCBACKUP_RESTORE_FORCE", conflicts_with = "if_missing")]
+    pub force: bool,
+
+    /// Do nothing, successfully, if the target exists (for an init container).
+    #[arg(long, env = "VCBACKUP_RESTORE_IF_MISSING")]
+    pub if_missing: bool,
+
+    /// Also write the vCluster config saved with the backup (its Helm values) to this file.
+    #[arg(long, env = "VCBACKUP_RESTORE_CONFIG_OUT", value_name = "FILE")]
+    pub config_out: Option<PathBuf>,
+
+    /// Move kine's revision forward by this much after restoring, so that clients that watched
+    /// the old store never see revisions go backwards (as `vcluster restore` does). 0 keeps it.
+    #[arg(long, env = "VCBACKUP_BUMP_REVISION", default_value_t = 1000)]
+    pub bump_revision: u64,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The backup to export: a name from `vcbackup list`, or `latest`. Not with --input.
+    #[arg(value_name = "NAME|latest")]
+    pub backup: Option<String>,
+
+    /// Export the newest backup taken at or before this time (RFC 3339).
+    #[arg(long, env = "VCBACKUP_EXPORT_AT", value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<DateTime<Utc>>,
+
+    /// A downloaded backup file (`….zst.age`) instead of one in the destination; its manifest
+    /// (`FILE.json`) and saved config are read from beside it when there.
+    #[arg(long, env = "VCBACKUP_EXPORT_INPUT", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Where the backups are (as for `list`); not needed with --input.
+    #[arg(long, env = "VCBACKUP_DESTINATION", value_name = "URL")]
+    pub destination: Option<String>,
+
+    /// The virtual cluster's name, the folder under the destination. [default: as for `list`]
+    #[arg(long, env = "VCBACKUP_NAME")]
+    pub name: Option<String>,
+
+    /// The archive to write (`NAME.tar.gz`), or `-` for standard output. The archive is NOT
+    /// encrypted: it holds every secret of the virtual cluster in plain text.
+    #[arg(long, short, env = "VCBACKUP_EXPORT_OUTPUT", value_name = "FILE|-")]
+    pub output: Option<PathBuf>,
+
+    /// Upload the archive to `s3://BUCKET/DIR/NAME.tar.gz` instead (same options in the query as
+    /// --destination, e.g. `?region=eu-west-1&server-side-encryption=aws:kms`), for
+    /// `vcluster create NAME --restore s3://BUCKET/DIR/NAME.tar.gz`. The object is NOT
+    /// age-encrypted, since vCluster cannot read age: use server-side encryption and a bucket
+    /// policy that keeps it private.
+    #[arg(long, env = "VCBACKUP_EXPORT_TO", value_name = "URL")]
+    pub to: Option<String>,
+
+    /// Replace the output file or object if it exists.
+    #[arg(long, env = "VCBACKUP_EXPORT_FORCE")]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+impl ExportArgs {
+    /// Where the archive goes: exactly one of -o and --to.
+    pub fn output(&self) -> Result<crate::export::Output> {
+        use crate::export::Output;
+        match (&self.output, &self.to) {
+            (Some(_), Some(_)) => bail!("give either -o FILE or --to s3://…, not both"),
+            (None, None) => bail!(
+                "no output: give -o FILE.tar.gz (or -o - for standard output) or --to s3://BUCKET/DIR/NAME.tar.gz"
+            ),
+            (Some(path), None) if path.as_os_str() == "-" => Ok(Output::Stdout),
+            (Some(path), None) => Ok(Output::File(path.clone())),
+            (None, Some(url)) => Ok(Output::S3(url.clone())),
+        }
+    }
+
+    /// The backup to export, in storage (`None`: the file given by --input).
+    pub fn stored(&self) -> Result<Option<(StorageArgs, Selector)>> {
+        if let Some(input) = &self.input {
+            if self.backup.is_some() || self.at.is_some() {
+                bail!(
+                    "--input {} is the backup to export; give no backup name or --at with it",
+                    input.display()
+                );
+            }
+            return Ok(None);
+        }
+        let destination = self.destination.clone().context(
+            "no backup to export: give --destination URL (and a NAME or latest), or --input FILE",
+        )?;
+        let storage = StorageArgs {
+            destination,
+            name: self.name.clone(),
+        };
+        let selector = Selector::new(Some(self.backup.as_deref().unwrap_or("latest")), self.at)?;
+        storage.resolve()?;
+        Ok(Some((storage, selector)))
+    }
+}
+
+impl IdentityArgs {
+    pub fn load(&self) -> Result<Option<Identities>> {
+        self.identity.as_deref().map(Identities::load).transpose()
+    }
+}
+
+impl RestoreArgs {
+    pub fn selector(&self) -> Result<Selector> {
+        Selector::new(Some(&self.backup), self.at)
+    }
+}
