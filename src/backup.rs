@@ -24,14 +24,17 @@ pub enum Stage {
     Pipeline,
     Storage,
     Retention,
+    /// The read-back after the upload (`--verify-after-upload`) found the stored backup bad.
+    Verify,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::Source,
         Stage::Pipeline,
         Stage::Storage,
         Stage::Retention,
+        Stage::Verify,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Stage {
             Stage::Pipeline => "pipeline",
             Stage::Storage => "storage",
             Stage::Retention => "retention",
+            Stage::Verify => "verify",
         }
     }
 }

@@ -164,7 +164,7 @@ pub fn backup_name(
     kind: SourceKind,
     encrypted: bool,
 ) -> String {
-    let stamp = started.format("%Y%m%dT%H%M%S%.3fZ");
+    let stamp = started.format(crate::records::STAMP);
     let suffix = if encrypted { ".zst.age" } else { ".zst" };
     format!("{vcluster}-{stamp}-{writer:08x}-{kind}{suffix}")
 }

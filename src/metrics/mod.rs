@@ -36,8 +36,29 @@ impl Outcome {
     }
 }
 
+/// How a read-back of an uploaded backup ended: the `result` label of
+/// `vcbackup_verifications_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyResult {
+    Ok,
+    Failed,
+}
+
+impl VerifyResult {
+    const ALL: [VerifyResult; 2] = [VerifyResult::Ok, VerifyResult::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            VerifyResult::Ok => "ok",
+            VerifyResult::Failed => "failed",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    verifications: IntCounterVec,
+    verify_duration: Gauge,
     backups: IntCounterVec,
     failures: IntCounterVec,
     last_success: Gauge,
@@ -112,6 +133,20 @@ impl Metrics {
             "vcbackup_schedule_interval_seconds",
             "Seconds between two scheduled runs (for freshness alerts).",
         )?;
+        let verifications = IntCounterVec::new(
+            Opts::new(
+                "vcbackup_verifications_total",
+                "Read-backs of uploaded backups (--verify-after-upload), by result.",
+            ),
+            &["result"],
+        )?;
+        for result in VerifyResult::ALL {
+            verifications.with_label_values(&[result.label()]);
+        }
+        let verify_duration = Gauge::new(
+            "vcbackup_last_verify_duration_seconds",
+            "How long the last read-back of an uploaded backup took (--verify-after-upload).",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("vcbackup_build_info", "The agent's version; always 1."),
             &["version"],
@@ -143,6 +178,8 @@ impl Metrics {
             Box::new(skipped_runs.clone()),
             Box::new(schedule_interval.clone()),
             Box::new(build_info),
+            Box::new(verifications.clone()),
+            Box::new(verify_duration.clone()),
         ];
         #[cfg(target_os = "linux")]
         let collectors = {
@@ -160,6 +197,8 @@ impl Metrics {
         registry.register(Box::new(standby.clone()))?;
         Ok(Metrics {
             registry,
+            verifications,
+            verify_duration,
             backups,
             failures,
             last_success,
@@ -216,6 +255,14 @@ impl Metrics {
         self.backups
             .with_label_values(&[Outcome::Aborted.label()])
             .inc();
+    }
+
+    /// An uploaded backup was read back and checked, in `seconds`.
+    pub fn record_verify(&self, result: VerifyResult, seconds: f64) {
+        self.verifications
+            .with_label_values(&[result.label()])
+            .inc();
+        self.verify_duration.set(seconds);
     }
 
     /// The newest backup in storage finished at `finished`: read at start, and

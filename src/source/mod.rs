@@ -14,9 +14,11 @@ use anyhow::Result;
 
 use crate::manifest::{EtcdFacts, SourceKind};
 
-pub use bolt::{BoltFile, ValueAt};
+pub use bolt::{BoltFile, RevisionScanner, ValueAt};
 pub use detect::{Detected, detect};
-pub use etcd::{EtcdOptions, EtcdSource, EtcdTls, check_restored_snapshot, verify_snapshot_digest};
+pub use etcd::{
+    DigestCheck, EtcdOptions, EtcdSource, EtcdTls, check_restored_snapshot, verify_snapshot_digest,
+};
 pub use sqlite::SqliteSource;
 
 /// What a snapshot tells the manifest beyond its bytes.

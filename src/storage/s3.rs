@@ -892,6 +892,62 @@ impl Storage for S3Storage {
     }
 }
 
+/// The fleet view (`vcbackup fleet`, `verify --all-vclusters`): kept apart
+/// from the per-cluster storage above.
+impl S3Storage {
+    /// Every virtual cluster's storage under the destination's prefix: the
+    /// folder names from one delimiter LIST (one request per 1000 names),
+    /// all sharing one client and its credentials.
+    pub async fn open_all(options: &S3Options) -> Result<Vec<(String, S3Storage)>> {
+        // Only the client matters here; the folder of this one is never used.
+        let root = Self::open(options, "_").await?;
+        let prefix = match options.prefix.as_str() {
+            "" => String::new(),
+            prefix => format!("{prefix}/"),
+        };
+        let mut pages = root
+            .client
+            .list_objects_v2()
+            .bucket(&options.bucket)
+            .prefix(&prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut names = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(|e| anyhow!(explain(&root.place, Action::List, &e)))
+                .with_context(|| format!("list {options}"))?;
+            for common in page.common_prefixes() {
+                let name = common
+                    .prefix()
+                    .and_then(|p| p.strip_prefix(&prefix))
+                    .and_then(|p| p.strip_suffix('/'));
+                if let Some(name) = name.filter(|n| !n.is_empty() && !n.starts_with('.')) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let storage = S3Storage {
+                    client: root.client.clone(),
+                    options: root.options.clone(),
+                    place: Arc::clone(&root.place),
+                    dir: format!("{prefix}{name}/"),
+                    checksums: root.checksums,
+                    conditional_writes: AtomicBool::new(
+                        root.conditional_writes.load(Ordering::Relaxed),
+                    ),
+                };
+                (name, storage)
+            })
+            .collect())
+    }
+}
+
 /// What a request was for: says which permission an AccessDenied lacks.
 #[derive(Debug, Clone, Copy)]
 enum Action {
