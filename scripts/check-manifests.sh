@@ -95,14 +95,19 @@ def load_all(path):
 ENV = {f"VCBACKUP_{n}" for n in """NAME DESTINATION SOURCE DATA_DIR ETCD_CACERT ETCD_CERT
     ETCD_KEY RECIPIENTS RECIPIENTS_FILE NO_ENCRYPTION COMPRESSION_LEVEL COMPRESSION_THREADS
     SCHEDULE TIMEZONE JITTER NO_CATCH_UP RETENTION_DAYS MAX_SNAPSHOTS LISTEN SHUTDOWN_TIMEOUT
-    BACKUP_ON_SHUTDOWN LOG_FORMAT IDENTITY""".split()}
+    BACKUP_ON_SHUTDOWN LOG_FORMAT IDENTITY VERIFY_AFTER_UPLOAD SKIP_UNCHANGED MAX_UNCHANGED_AGE
+    CHART_VERSION NAMESPACE VCLUSTER_CONFIG""".split()} | {"VCLUSTER_NAME"}
 SUBCOMMANDS = {"run", "backup", "list", "prune", "decrypt", "restore", "verify", "fleet"}
 METRICS = {"vcbackup_backups_total", "vcbackup_backup_failures_total",
            "vcbackup_last_success_timestamp_seconds", "vcbackup_last_attempt_timestamp_seconds",
            "vcbackup_next_run_timestamp_seconds", "vcbackup_backup_in_progress",
            "vcbackup_backup_duration_seconds", "vcbackup_last_backup_size_bytes",
            "vcbackup_retention_deleted_total", "vcbackup_snapshots_stored", "vcbackup_build_info",
-           "vcbackup_schedule_interval_seconds"}
+           "vcbackup_schedule_interval_seconds", "vcbackup_verifications_total",
+           "vcbackup_last_verify_duration_seconds", "vcbackup_fleet_last_success_timestamp_seconds",
+           "vcbackup_fleet_last_verify_timestamp_seconds", "vcbackup_fleet_last_verify_success",
+           "vcbackup_fleet_backups", "vcbackup_fleet_bytes", "vcbackup_fleet_last_refresh_timestamp_seconds",
+           "vcbackup_fleet_refresh_failures_total"}
 PORT = 9464
 HARDENED = {"runAsUser": 0, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
 
@@ -251,6 +256,8 @@ def f():
     need(pr["apiVersion"] == "monitoring.coreos.com/v1", "apiVersion")
     rules = {r["alert"]: r for g in pr["spec"]["groups"] for r in g["rules"] if "alert" in r}
     need(set(rules) >= {"VcbackupBackupStale", "VcbackupBackupsFailing", "VcbackupAbsent"}, f"alerts: {sorted(rules)}")
+    need("VcbackupFleetBackupStale" in rules and "vcbackup_fleet_last_success_timestamp_seconds" in rules["VcbackupFleetBackupStale"]["expr"],
+         "a per-cluster staleness alert on the fleet exporter's gauge")
     stale = rules["VcbackupBackupStale"]["expr"]
     need("vcbackup_last_success_timestamp_seconds" in stale and "2 * vcbackup_schedule_interval_seconds" in stale,
          "stale alert must compare the last success with twice the schedule interval")

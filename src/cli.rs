@@ -24,7 +24,7 @@ use crate::storage::{Destination, Storage};
 mod drill;
 mod export;
 
-pub use drill::{AfterUploadArgs, VerifyArgs};
+pub use drill::{AfterUploadArgs, FleetArgs, VerifyArgs};
 pub use export::ExportArgs;
 
 #[derive(Debug, Parser)]
@@ -76,6 +76,8 @@ pub enum Command {
     /// Restore drill: read a backup back and check it as a restore would (with --identity:
     /// decrypted, the database checked), without restoring. Records the result beside it.
     Verify(VerifyArgs),
+    /// Every virtual cluster under a destination: newest backup, age, size, last drill, status.
+    Fleet(FleetArgs),
 }
 
 /// Where backups live.

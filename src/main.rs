@@ -10,6 +10,7 @@ mod catalog;
 mod cli;
 mod daemon;
 mod export;
+mod fleet;
 mod http;
 mod keyvalue;
 mod listing;
@@ -66,6 +67,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Restore(args) => restore(args).await,
         Command::Export(args) => export(args).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
     }
 }
 

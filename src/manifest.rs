@@ -169,6 +169,27 @@ pub fn backup_name(
     format!("{vcluster}-{stamp}-{writer:08x}-{kind}{suffix}")
 }
 
+/// The start time and kind a backup's object name carries (see [`backup_name`]);
+/// `None` for any other object.
+pub fn parse_backup_name(name: &str) -> Option<(DateTime<Utc>, SourceKind)> {
+    let stem = name
+        .strip_suffix(".zst.age")
+        .or_else(|| name.strip_suffix(".zst"))?;
+    // The virtual cluster's name may hold `-`: read from the right.
+    let (rest, kind) = stem.rsplit_once('-')?;
+    let kind = match kind {
+        "sqlite" => SourceKind::Sqlite,
+        "etcd" => SourceKind::Etcd,
+        _ => return None,
+    };
+    let (rest, writer) = rest.rsplit_once('-')?;
+    if writer.len() != 8 || !writer.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (_, stamp) = rest.rsplit_once('-')?;
+    Some((crate::records::parse_stamp(stamp)?, kind))
+}
+
 pub fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -187,6 +208,10 @@ mod tests {
         assert_eq!(a, "demo-20260102T030405.000Z-ffffffff-sqlite.zst.age");
         assert_eq!(b, "demo-20261102T030405.000Z-00000000-etcd.zst");
         assert!(a < b);
+        assert_eq!(parse_backup_name(&a), Some((early, SourceKind::Sqlite)));
+        assert_eq!(parse_backup_name(&b), Some((late, SourceKind::Etcd)));
+        assert_eq!(parse_backup_name(&config_name(&a)), None);
+        assert_eq!(parse_backup_name(&format!("{a}.json")), None);
         let twin = backup_name("demo", early, 1, SourceKind::Sqlite, true);
         assert_ne!(a, twin, "two writers in one millisecond");
         assert_eq!(

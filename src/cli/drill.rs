@@ -1,11 +1,15 @@
 //! Arguments of the commands that check backups rather than take them:
-//! `verify` (restore drills), and the sidecar's own check after a backup.
+//! `verify` (restore drills), `fleet` (every virtual cluster under a
+//! destination), and the sidecar's own checks after and before a backup.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
-use super::{IdentityArgs, StorageArgs};
+use super::{IdentityArgs, OutputFormat, StorageArgs, parse_age};
+use crate::schedule;
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -42,4 +46,38 @@ pub struct AfterUploadArgs {
     /// failed backup (stage `verify`). Costs one GET of the whole object.
     #[arg(long, env = "VCBACKUP_VERIFY_AFTER_UPLOAD")]
     pub verify_after_upload: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The destination every virtual cluster backs up under: `s3://BUCKET/PREFIX` (same query
+    /// options as for `list`) or `file:///DIR`.
+    #[arg(long, env = "VCBACKUP_DESTINATION", value_name = "URL")]
+    pub destination: String,
+
+    /// A virtual cluster whose newest backup (or unchanged check) is older than this is `stale`.
+    #[arg(long, env = "VCBACKUP_FLEET_MAX_AGE", default_value = "2h", value_name = "DURATION", value_parser = parse_age)]
+    pub max_age: chrono::TimeDelta,
+
+    /// A virtual cluster without a full restore drill (a `verify` with the key) this recent
+    /// is `unverified`.
+    #[arg(long, env = "VCBACKUP_FLEET_MAX_VERIFY_AGE", default_value = "48h", value_name = "DURATION", value_parser = parse_age)]
+    pub max_verify_age: chrono::TimeDelta,
+
+    /// Output format.
+    #[arg(long, short, env = "VCBACKUP_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Also print how many requests the listing took (to standard error).
+    #[arg(long, short, env = "VCBACKUP_FLEET_VERBOSE")]
+    pub verbose: bool,
+
+    /// Serve the fleet as Prometheus gauges on this address (IP:PORT) instead of printing it
+    /// once, refreshing every --refresh.
+    #[arg(long, env = "VCBACKUP_FLEET_LISTEN", value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+
+    /// How often the exporter (--listen) lists the destination again.
+    #[arg(long, env = "VCBACKUP_FLEET_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = schedule::parse_duration)]
+    pub refresh: Duration,
 }

@@ -305,6 +305,7 @@ impl Metrics {
     }
 }
 
+pub mod fleet;
 #[cfg(target_os = "linux")]
 mod process;
 

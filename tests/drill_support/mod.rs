@@ -239,7 +239,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn kind(req: &Request<Incoming>) -> String {
     let query = req.uri().query().unwrap_or_default();
     let path = req.uri().path();
-    let is_object = path.trim_start_matches('/').contains('/');
+    // Path style: `/bucket` or `/bucket/` for the bucket, `/bucket/key` for an object.
+    let is_object = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, key)| !key.is_empty());
     match (req.method().as_str(), is_object) {
         ("GET", false) if query.contains("delimiter=") => "LIST/".into(),
         ("GET", false) if query.contains("uploads") => "LIST-UPLOADS".into(),
