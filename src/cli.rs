@@ -24,7 +24,7 @@ use crate::storage::{Destination, Storage};
 mod drill;
 mod export;
 
-pub use drill::{AfterUploadArgs, FleetArgs, VerifyArgs};
+pub use drill::{AfterUploadArgs, FleetArgs, SkipArgs, VerifyArgs};
 pub use export::ExportArgs;
 
 #[derive(Debug, Parser)]
@@ -256,6 +256,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub after_upload: AfterUploadArgs,
+
+    #[command(flatten)]
+    pub skip: SkipArgs,
 
     /// Address (IP:PORT) for /metrics, /livez, /readyz and /status.
     #[arg(
@@ -518,6 +521,10 @@ impl RunArgs {
             shutdown_timeout: self.shutdown_timeout,
             backup_on_shutdown: self.backup_on_shutdown,
             verify_after_upload: self.after_upload.verify_after_upload,
+            skip_unchanged: self
+                .skip
+                .skip_unchanged
+                .then_some(self.skip.max_unchanged_age),
             vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
             vcluster: target.vcluster,
         })

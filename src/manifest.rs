@@ -76,6 +76,10 @@ pub struct Manifest {
     pub encryption: Option<Encryption>,
     /// The store's revision at the snapshot: the largest `kine.id`, or etcd's header revision.
     pub revision: Option<i64>,
+    /// The newest change a user cares about, read just before the snapshot
+    /// (`run --skip-unchanged` compares it); absent in older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_revision: Option<SemanticRevision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdFacts>,
     /// The vCluster config saved beside the backup; absent in backups taken
@@ -83,6 +87,16 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<SavedConfig>,
     pub agent_version: String,
+}
+
+/// The newest change outside Leases, Events, `compact_rev_key*` and `gap-*`
+/// (see `source::semantic`): equal values mean the store did not change for users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemanticRevision {
+    /// The newest revision of a key outside the ignored prefixes.
+    pub revision: i64,
+    /// Keys (etcd) or rows (kine) outside them: a delete lowers it.
+    pub keys: u64,
 }
 
 /// The vCluster config (the merged Helm values) stored beside a backup,

@@ -109,6 +109,10 @@ pub fn verify_key(backup: &str, time: DateTime<Utc>, mode: Mode, ok: bool) -> St
     )
 }
 
+pub fn unchanged_key(backup: &str, time: DateTime<Utc>) -> String {
+    format!("{backup}{UNCHANGED}{}{SUFFIX}", time.format(STAMP))
+}
+
 pub fn parse_stamp(text: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(text, STAMP)
         .ok()

@@ -48,6 +48,23 @@ pub struct AfterUploadArgs {
     pub verify_after_upload: bool,
 }
 
+/// The sidecar's check before each scheduled backup.
+#[derive(Debug, Args)]
+pub struct SkipArgs {
+    /// Before each scheduled backup, read the store's semantic revision: its newest change
+    /// outside Leases, Events, `compact_rev_key*` and `gap-*`, and how many keys lie outside
+    /// them. When it equals the newest backup's, take no backup (that one is still current)
+    /// and count `result="unchanged"`. Off by default: with it, a restore brings back Leases
+    /// and Events as old as the newest backup.
+    #[arg(long, env = "VCBACKUP_SKIP_UNCHANGED")]
+    pub skip_unchanged: bool,
+
+    /// With --skip-unchanged, take a real backup anyway once the newest is this old, so that
+    /// retention and the whole pipeline keep being exercised.
+    #[arg(long, env = "VCBACKUP_MAX_UNCHANGED_AGE", default_value = "24h", value_name = "DURATION", value_parser = parse_age)]
+    pub max_unchanged_age: chrono::TimeDelta,
+}
+
 #[derive(Debug, Args)]
 pub struct FleetArgs {
     /// The destination every virtual cluster backs up under: `s3://BUCKET/PREFIX` (same query

@@ -22,16 +22,24 @@ pub enum Outcome {
     /// Cut off by the shutdown deadline: not the backup's fault, so neither a
     /// failure of any stage nor the last failure in /status.
     Aborted,
+    /// No backup taken: the store had not changed since the newest (`--skip-unchanged`).
+    Unchanged,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 3] = [Outcome::Success, Outcome::Failure, Outcome::Aborted];
+    const ALL: [Outcome; 4] = [
+        Outcome::Success,
+        Outcome::Failure,
+        Outcome::Aborted,
+        Outcome::Unchanged,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
             Outcome::Aborted => "aborted",
+            Outcome::Unchanged => "unchanged",
         }
     }
 }
@@ -263,6 +271,16 @@ impl Metrics {
             .with_label_values(&[result.label()])
             .inc();
         self.verify_duration.set(seconds);
+    }
+
+    /// The store was found unchanged at `checked` since the newest backup:
+    /// that backup is current as of then, so freshness counts from `checked`.
+    pub fn record_unchanged(&self, checked: DateTime<Utc>) {
+        self.in_progress.set(0);
+        self.backups
+            .with_label_values(&[Outcome::Unchanged.label()])
+            .inc();
+        self.last_success.set(checked.timestamp() as f64);
     }
 
     /// The newest backup in storage finished at `finished`: read at start, and
