@@ -95,16 +95,20 @@ ENV = {f"VCBACKUP_{n}" for n in """NAME DESTINATION SOURCE DATA_DIR ETCD_CACERT 
     ETCD_KEY RECIPIENTS RECIPIENTS_FILE NO_ENCRYPTION COMPRESSION_LEVEL COMPRESSION_THREADS
     SCHEDULE TIMEZONE JITTER NO_CATCH_UP RETENTION_DAYS MAX_SNAPSHOTS LISTEN SHUTDOWN_TIMEOUT
     BACKUP_ON_SHUTDOWN LOG_FORMAT IDENTITY ABORT_UPLOADS_AFTER HA VCLUSTER_CONFIG NAMESPACE
-    CHART_VERSION""".split()}
+    CHART_VERSION VERIFY_AFTER_UPLOAD SKIP_UNCHANGED MAX_UNCHANGED_AGE""".split()}
 # The release name, which --name falls back to (the chart's own variable name).
 ENV.add("VCLUSTER_NAME")
-SUBCOMMANDS = {"run", "backup", "list", "prune", "decrypt", "restore", "export"}
+SUBCOMMANDS = {"run", "backup", "list", "prune", "decrypt", "restore", "export", "verify", "fleet"}
 METRICS = {"vcbackup_backups_total", "vcbackup_backup_failures_total",
            "vcbackup_last_success_timestamp_seconds", "vcbackup_last_attempt_timestamp_seconds",
            "vcbackup_next_run_timestamp_seconds", "vcbackup_backup_in_progress",
            "vcbackup_backup_duration_seconds", "vcbackup_last_backup_size_bytes",
            "vcbackup_retention_deleted_total", "vcbackup_snapshots_stored", "vcbackup_build_info",
-           "vcbackup_schedule_interval_seconds"}
+           "vcbackup_schedule_interval_seconds", "vcbackup_verifications_total",
+           "vcbackup_last_verify_duration_seconds", "vcbackup_fleet_last_success_timestamp_seconds",
+           "vcbackup_fleet_last_verify_timestamp_seconds", "vcbackup_fleet_last_verify_success",
+           "vcbackup_fleet_backups", "vcbackup_fleet_bytes", "vcbackup_fleet_last_refresh_timestamp_seconds",
+           "vcbackup_fleet_refresh_failures_total"}
 PORT = 9464
 HARDENED = {"runAsUser": 0, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
 
@@ -301,6 +305,8 @@ def f():
     need(pr["apiVersion"] == "monitoring.coreos.com/v1", "apiVersion")
     rules = {r["alert"]: r for g in pr["spec"]["groups"] for r in g["rules"] if "alert" in r}
     need(set(rules) >= {"VcbackupBackupStale", "VcbackupBackupsFailing", "VcbackupAbsent"}, f"alerts: {sorted(rules)}")
+    need("VcbackupFleetBackupStale" in rules and "vcbackup_fleet_last_success_timestamp_seconds" in rules["VcbackupFleetBackupStale"]["expr"],
+         "a per-cluster staleness alert on the fleet exporter's gauge")
     stale = rules["VcbackupBackupStale"]["expr"]
     need("vcbackup_last_success_timestamp_seconds" in stale and "2 * vcbackup_schedule_interval_seconds" in stale,
          "stale alert must compare the last success with twice the schedule interval")
@@ -401,6 +407,38 @@ def f():
     need(job["spec"]["template"]["spec"]["serviceAccountName"].startswith("vc-"), "must use the vc-<release> service account")
 check("fields: deploy/restore-job.yaml (Job)", f)
 
+def f():
+    path, cj = only("CronJob")
+    need(cj["apiVersion"] == "batch/v1", "apiVersion")
+    need(cj["metadata"]["namespace"] not in ("default", "team-a") , "must run in the platform team's namespace")
+    s = cj["spec"]
+    need(s.get("concurrencyPolicy") == "Forbid", "concurrencyPolicy must be Forbid")
+    job = s["jobTemplate"]["spec"]
+    need(job.get("backoffLimit") == 0, "a failed drill must not be retried away (backoffLimit 0)")
+    pod = job["template"]["spec"]
+    need(not pod["serviceAccountName"].startswith("vc-"), "must not use a vCluster's service account")
+    (c,) = pod["containers"]
+    need("vcbackup" in c["image"], "image")
+    args = c["args"]
+    need(args[:2] == ["verify", "--all-vclusters"], "must run `verify --all-vclusters`")
+    identity = args[args.index("--identity") + 1]
+    scratch = args[args.index("--scratch-dir") + 1]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    need(env.get("VCBACKUP_DESTINATION", "").startswith("s3://"), "VCBACKUP_DESTINATION")
+    need(set(env) <= ENV | {"VCBACKUP_SCRATCH_DIR"}, f"unknown env vars {sorted(set(env) - ENV)}")
+    sc = c.get("securityContext", {})
+    for k, v in HARDENED.items():
+        need(sc.get(k) == v, f"securityContext.{k} must be {v}")
+    need(sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities must drop ALL")
+    need(c.get("resources", {}).get("limits", {}).get("memory"), "no memory limit")
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    need("data" not in vols and "/data" not in mounts, "a drill never mounts a control plane's data")
+    secret = vols[mounts[os.path.dirname(identity)]]
+    need("secret" in secret and secret["secret"].get("defaultMode") == 0o400, "identity from a Secret, mode 0400")
+    need(vols[mounts[scratch]].get("emptyDir", {}).get("sizeLimit"), "scratch is an emptyDir with a sizeLimit")
+check("fields: deploy/verify-cronjob.yaml (CronJob)", f)
+
 # -- IAM documents
 def statements(name):
     with open(os.path.join(root, "deploy", name)) as f:
@@ -430,6 +468,17 @@ for name in ("iam-policy.json", "iam-policy-per-namespace.json"):
         for a in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
             need(acts[a]["Resource"].endswith("/*") and "/vcluster/" in acts[a]["Resource"], f"{a} must be scoped to the prefix")
     check(f"fields: deploy/{name}", f)
+
+def f():
+    acts = {}
+    for st in statements("iam-policy-verify.json"):
+        need(st["Effect"] == "Allow", "only Allow statements")
+        for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"]):
+            acts[a] = st["Resource"]
+    need(set(acts) == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}, f"actions {sorted(acts)}")
+    for a in ("s3:PutObject", "s3:DeleteObject"):
+        need(acts[a].endswith("/*.verify-*"), f"{a} only on verify records: {acts[a]}")
+check("fields: deploy/iam-policy-verify.json (drills write only their records)", f)
 
 def f():
     (st,) = statements("iam-policy-kms.json")

@@ -24,14 +24,17 @@ pub enum Stage {
     Pipeline,
     Storage,
     Retention,
+    /// The read-back after the upload (`--verify-after-upload`) found the stored backup bad.
+    Verify,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::Source,
         Stage::Pipeline,
         Stage::Storage,
         Stage::Retention,
+        Stage::Verify,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Stage {
             Stage::Pipeline => "pipeline",
             Stage::Storage => "storage",
             Stage::Retention => "retention",
+            Stage::Verify => "verify",
         }
     }
 }
@@ -81,6 +85,14 @@ pub async fn take_backup(
     let (writer, body) = body_channel(CHUNK_SIZE, CHUNK_DEPTH);
     let seal = Arc::clone(&sealing);
     let producer = tokio::task::spawn_blocking(move || {
+        // Read before the snapshot: a change in between makes the recorded
+        // value older than the backup, which costs a backup, never a change.
+        let semantic = source.semantic_revision().unwrap_or_else(|err| {
+            tracing::warn!(
+                "no semantic revision recorded (--skip-unchanged will back up next time): {err:#}"
+            );
+            None
+        });
         let mut source_failed = false;
         let sealed = seal.seal(writer, |out| {
             source.snapshot(out).inspect_err(|_| source_failed = true)
@@ -89,7 +101,7 @@ pub async fn take_backup(
             Ok(sealed) => {
                 let finished = sealed.out.finish().context("hand the backup to storage");
                 finished
-                    .map(|()| (sealed.facts, sealed.plaintext, sealed.stored))
+                    .map(|()| (sealed.facts, semantic, sealed.plaintext, sealed.stored))
                     .map_err(at(Stage::Storage))
             }
             Err(err) if source_failed => Err(at(Stage::Source)(err)),
@@ -103,7 +115,7 @@ pub async fn take_backup(
         .map_err(at(Stage::Pipeline))
         .and_then(|r| r);
     // When storage fails, the pipeline only sees a closed channel: storage's error is the cause.
-    let (facts, plaintext, stored) = match (produced, uploaded) {
+    let (facts, semantic_revision, plaintext, stored) = match (produced, uploaded) {
         (Ok(done), Ok(())) => done,
         (_, Err(err)) if !IncompleteBody::is_cause_of(&err) => {
             return Err(BackupError {
@@ -146,6 +158,7 @@ pub async fn take_backup(
             recipients: r.texts().to_vec(),
         }),
         revision: facts.revision,
+        semantic_revision,
         etcd: facts.etcd,
         config,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -8,13 +8,28 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_SUFFIX, Manifest, rfc3339};
-use crate::storage::{self, ObjectNotFound, Storage};
+use crate::records::{self, Record};
+use crate::storage::{self, ObjectInfo, ObjectNotFound, Storage};
 
 /// Manifests fetched at once when listing: thousands of backups list in seconds.
 const MANIFEST_FETCHES: usize = 16;
 
+/// What one listing of a virtual cluster's storage shows.
+pub struct Catalog {
+    /// Every complete backup, newest first.
+    pub backups: Vec<Manifest>,
+    /// The records beside backups (drills, unchanged marks), oldest first.
+    pub records: Vec<Record>,
+    pub objects: Vec<ObjectInfo>,
+}
+
 /// Every complete backup (object and manifest both present), newest first.
 pub async fn list_backups(storage: &dyn Storage) -> Result<Vec<Manifest>> {
+    Ok(read(storage).await?.backups)
+}
+
+/// The backups, their records and every object, from one listing.
+pub async fn read(storage: &dyn Storage) -> Result<Catalog> {
     let objects = storage.list().await?;
     let sizes: HashMap<&str, u64> = objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
     let manifest_keys: Vec<&str> = objects
@@ -52,7 +67,12 @@ pub async fn list_backups(storage: &dyn Storage) -> Result<Vec<Manifest>> {
         }
     }
     backups.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| b.name.cmp(&a.name)));
-    Ok(backups)
+    let records = records::records(objects.iter().map(|o| o.key.as_str()));
+    Ok(Catalog {
+        backups,
+        records,
+        objects,
+    })
 }
 
 /// Which backup an operator asked for.

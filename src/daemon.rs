@@ -5,8 +5,10 @@
 //! so runs never drift and never overlap; a backup that overruns its slot makes
 //! the loop skip (and count) the slots it missed.
 
+mod unchanged;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -44,6 +46,10 @@ pub struct DaemonConfig {
     pub shutdown_timeout: Duration,
     pub backup_on_shutdown: bool,
     pub vcluster_config: ConfigSource,
+    /// Read every uploaded backup back once (key-less checks).
+    pub verify_after_upload: bool,
+    /// `--skip-unchanged`, with `--max-unchanged-age`.
+    pub skip_unchanged: Option<chrono::TimeDelta>,
 }
 
 pub async fn run(config: DaemonConfig) -> Result<()> {
@@ -80,6 +86,8 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         state: &state,
         storage: storage.as_ref(),
         shutdown: &shutdown,
+        newest: Mutex::new(None),
+        last_mark: Mutex::new(None),
     };
     let result = scheduler.run().await;
     shutdown.token.cancel();
@@ -93,6 +101,10 @@ struct Scheduler<'a> {
     state: &'a State,
     storage: &'a dyn Storage,
     shutdown: &'a Shutdown,
+    /// The newest backup in storage as last seen, for `--skip-unchanged`.
+    newest: Mutex<Option<crate::manifest::Manifest>>,
+    /// The unchanged mark this agent wrote last, replaced by the next.
+    last_mark: Mutex<Option<String>>,
 }
 
 enum Outcome {
@@ -140,14 +152,26 @@ impl Scheduler<'_> {
     /// was down or asleep). Also seeds the metrics from storage, so a restart
     /// does not look like a missing backup to freshness alerts.
     async fn backups_are_stale(&self) -> bool {
-        let backups = match crate::catalog::list_backups(self.storage).await {
-            Ok(backups) => backups,
+        let catalog = match crate::catalog::read(self.storage).await {
+            Ok(catalog) => catalog,
             Err(err) => {
                 tracing::warn!("list backups at start: {err:#}");
                 return true;
             }
         };
-        self.state.stored(&backups);
+        let backups = &catalog.backups;
+        self.state.stored(backups);
+        self.remember_newest(backups.first());
+        // An unchanged check recorded in storage keeps the newest backup current;
+        // this agent's next check replaces that mark.
+        let mark = backups
+            .first()
+            .and_then(|newest| unchanged::last_mark(&catalog.records, &newest.name));
+        let confirmed = mark.map(|m| m.time);
+        if let Some(at) = confirmed {
+            self.state.confirmed_current(at);
+        }
+        *self.last_mark.lock().unwrap_or_else(|e| e.into_inner()) = mark.map(|m| m.key.clone());
         let now = Utc::now();
         let interval = self.config.schedule.interval_at(now, self.config.timezone);
         match (backups.first(), interval) {
@@ -155,7 +179,9 @@ impl Scheduler<'_> {
                 tracing::info!("no backup in storage yet");
                 true
             }
-            (Some(newest), Some(interval)) if now - newest.started > interval => {
+            (Some(newest), Some(interval))
+                if now - confirmed.map_or(newest.started, |c| c.max(newest.started)) > interval =>
+            {
                 tracing::info!(newest = %newest.name, "newest backup is older than one schedule interval");
                 true
             }
@@ -219,6 +245,13 @@ impl Scheduler<'_> {
             }
         };
         self.state.backup_started(started);
+        let source = match self.config.skip_unchanged {
+            Some(max_age) => match self.unless_unchanged(source, max_age).await {
+                Some(source) => source,
+                None => return,
+            },
+            None => source,
+        };
         let result = backup::take_backup(
             source,
             Arc::clone(&self.config.sealing),
@@ -229,13 +262,62 @@ impl Scheduler<'_> {
         .await;
         match result {
             Ok(manifest) => {
+                if self.config.verify_after_upload
+                    && let Err(err) = self.read_back(&manifest).await
+                {
+                    self.record_failure(Stage::Verify, &err);
+                    return;
+                }
                 self.state
                     .backup_succeeded(&manifest, clock.elapsed().as_secs_f64());
+                self.remember_newest(Some(&manifest));
                 if let Err(err) = self.apply_retention().await {
                     self.record_failure(Stage::Retention, &err);
                 }
             }
             Err(err) => self.record_failure(err.stage, &err.error),
+        }
+    }
+
+    /// Reads the uploaded backup back once, with the checks that need no key
+    /// (the pod holds none), and records the drill beside it.
+    async fn read_back(&self, manifest: &crate::manifest::Manifest) -> Result<()> {
+        use crate::metrics::VerifyResult;
+        let report = crate::verify::drill(
+            self.storage,
+            manifest,
+            crate::records::Mode::Keyless,
+            None,
+            &std::env::temp_dir(),
+        )
+        .await
+        .map_err(|err| err.context(format!("read back {}", manifest.name)))?;
+        let result = if report.ok {
+            VerifyResult::Ok
+        } else {
+            VerifyResult::Failed
+        };
+        self.state
+            .metrics
+            .record_verify(result, report.duration_seconds);
+        tracing::info!(
+            backup = %manifest.name,
+            result = if report.ok { "ok" } else { "failed" },
+            duration_seconds = format!("{:.2}", report.duration_seconds),
+            "read back the uploaded backup"
+        );
+        // The record is for people and `fleet`; the verdict stands without it.
+        if let Err(err) = crate::verify::store(self.storage, &report, &[]).await {
+            tracing::warn!("{err:#}");
+        }
+        match report.first_failure() {
+            None => Ok(()),
+            Some(check) => anyhow::bail!(
+                "verify {}: check {} failed: {}",
+                manifest.name,
+                check.name,
+                check.detail
+            ),
         }
     }
 
@@ -263,7 +345,10 @@ impl Scheduler<'_> {
         // The active agent's backups are this cluster's too: keep the freshness
         // metric on them, so alerts on a standby agent fire only when no agent backs up.
         match crate::catalog::list_backups(self.storage).await {
-            Ok(backups) => self.state.stored(&backups),
+            Ok(backups) => {
+                self.state.stored(&backups);
+                self.remember_newest(backups.first());
+            }
             Err(err) => tracing::warn!("standing by; listing the other agent's backups: {err:#}"),
         }
         Ok(None)

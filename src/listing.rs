@@ -6,8 +6,28 @@ use comfy_table::{Table, presets};
 use serde_json::{Value, json};
 
 use crate::manifest::{Manifest, rfc3339};
+use crate::records::{self, Kind, Record};
 
-pub fn json(backups: &[Manifest]) -> Value {
+/// The last drill of a backup, as `list -o json` shows it.
+fn last_verify(records: &[Record], backup: &str) -> Value {
+    match records::last_verify(records, backup) {
+        Some(Record {
+            time,
+            kind: Kind::Verify { mode, ok },
+            key,
+            ..
+        }) => json!({
+            "time": rfc3339(*time),
+            "mode": mode,
+            "result": if *ok { "ok" } else { "failed" },
+            "record": key,
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// `records` oldest first, as the catalog gives them.
+pub fn json(backups: &[Manifest], records: &[Record]) -> Value {
     Value::Array(
         backups
             .iter()
@@ -23,6 +43,7 @@ pub fn json(backups: &[Manifest]) -> Value {
                     "revision": m.revision,
                     "vcluster": m.vcluster,
                     "config": m.config.is_some(),
+                    "verify": last_verify(records, &m.name),
                 })
             })
             .collect(),
@@ -30,12 +51,12 @@ pub fn json(backups: &[Manifest]) -> Value {
 }
 
 /// Newest first, as `backups` comes; ages relative to `now`.
-pub fn table(backups: &[Manifest], now: DateTime<Utc>) -> String {
+pub fn table(backups: &[Manifest], records: &[Record], now: DateTime<Utc>) -> String {
     let mut table = Table::new();
     // Plain columns, no borders: the output is read by people and by `awk`.
     table
         .load_style(presets::NOTHING)
-        .set_header(["NAME", "TIME", "AGE", "KIND", "SIZE", "STORED"]);
+        .set_header(["NAME", "TIME", "AGE", "KIND", "SIZE", "STORED", "VERIFIED"]);
     for m in backups {
         table.add_row([
             m.name.clone(),
@@ -44,6 +65,7 @@ pub fn table(backups: &[Manifest], now: DateTime<Utc>) -> String {
             m.kind.to_string(),
             ByteSize(m.size).display().iec().to_string(),
             ByteSize(m.stored_size).display().iec().to_string(),
+            verified(records, &m.name, now),
         ]);
     }
     let mut out: String = table
@@ -56,8 +78,25 @@ pub fn table(backups: &[Manifest], now: DateTime<Utc>) -> String {
     out
 }
 
+/// The last drill in a word and its age: `ok 3h (full)`, `FAILED 5m (keyless)`, `-`.
+fn verified(records: &[Record], backup: &str, now: DateTime<Utc>) -> String {
+    match records::last_verify(records, backup) {
+        Some(Record {
+            time,
+            kind: Kind::Verify { mode, ok },
+            ..
+        }) => format!(
+            "{} {} ({})",
+            if *ok { "ok" } else { "FAILED" },
+            age(now - *time),
+            mode.as_str()
+        ),
+        _ => "-".to_string(),
+    }
+}
+
 /// The age in its largest whole unit, as kubectl prints it.
-fn age(age: chrono::TimeDelta) -> String {
+pub fn age(age: chrono::TimeDelta) -> String {
     let s = age.num_seconds().max(0);
     match s {
         0..60 => format!("{s}s"),

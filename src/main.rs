@@ -12,12 +12,14 @@ mod daemon;
 mod durable;
 mod error_chain;
 mod export;
+mod fleet;
 mod http;
 mod keyvalue;
 mod listing;
 mod manifest;
 mod metrics;
 mod pipeline;
+mod records;
 mod restore;
 mod retention;
 mod schedule;
@@ -26,6 +28,7 @@ mod source;
 mod state;
 mod storage;
 mod vconfig;
+mod verify;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -65,6 +68,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Decrypt(args) => decrypt(args).await,
         Command::Restore(args) => restore(args).await,
         Command::Export(args) => export(args).await,
+        Command::Verify(args) => verify::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
     }
 }
 
@@ -95,13 +100,14 @@ async fn backup_now(args: cli::BackupNowArgs) -> Result<()> {
 
 async fn list(args: cli::ListArgs) -> Result<()> {
     let (_, storage) = args.storage.open().await?;
-    let backups = catalog::list_backups(storage.as_ref()).await?;
+    let catalog = catalog::read(storage.as_ref()).await?;
+    let (backups, records) = (&catalog.backups, &catalog.records);
     match args.output {
         OutputFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&listing::json(&backups))?
+            serde_json::to_string_pretty(&listing::json(backups, records))?
         ),
-        OutputFormat::Table => print!("{}", listing::table(&backups, chrono::Utc::now())),
+        OutputFormat::Table => print!("{}", listing::table(backups, records, chrono::Utc::now())),
     }
     Ok(())
 }

@@ -76,6 +76,10 @@ pub struct Manifest {
     pub encryption: Option<Encryption>,
     /// The store's revision at the snapshot: the largest `kine.id`, or etcd's header revision.
     pub revision: Option<i64>,
+    /// The newest change a user cares about, read just before the snapshot
+    /// (`run --skip-unchanged` compares it); absent in older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_revision: Option<SemanticRevision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdFacts>,
     /// The vCluster config saved beside the backup; absent in backups taken
@@ -83,6 +87,16 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<SavedConfig>,
     pub agent_version: String,
+}
+
+/// The newest change outside Leases, Events, `compact_rev_key*` and `gap-*`
+/// (see `source::semantic`): equal values mean the store did not change for users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemanticRevision {
+    /// The newest revision of a key outside the ignored prefixes.
+    pub revision: i64,
+    /// Keys (etcd) or rows (kine) outside them: a delete lowers it.
+    pub keys: u64,
 }
 
 /// The vCluster config (the merged Helm values) stored beside a backup,
@@ -164,9 +178,30 @@ pub fn backup_name(
     kind: SourceKind,
     encrypted: bool,
 ) -> String {
-    let stamp = started.format("%Y%m%dT%H%M%S%.3fZ");
+    let stamp = started.format(crate::records::STAMP);
     let suffix = if encrypted { ".zst.age" } else { ".zst" };
     format!("{vcluster}-{stamp}-{writer:08x}-{kind}{suffix}")
+}
+
+/// The start time and kind a backup's object name carries (see [`backup_name`]);
+/// `None` for any other object.
+pub fn parse_backup_name(name: &str) -> Option<(DateTime<Utc>, SourceKind)> {
+    let stem = name
+        .strip_suffix(".zst.age")
+        .or_else(|| name.strip_suffix(".zst"))?;
+    // The virtual cluster's name may hold `-`: read from the right.
+    let (rest, kind) = stem.rsplit_once('-')?;
+    let kind = match kind {
+        "sqlite" => SourceKind::Sqlite,
+        "etcd" => SourceKind::Etcd,
+        _ => return None,
+    };
+    let (rest, writer) = rest.rsplit_once('-')?;
+    if writer.len() != 8 || !writer.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (_, stamp) = rest.rsplit_once('-')?;
+    Some((crate::records::parse_stamp(stamp)?, kind))
 }
 
 pub fn rfc3339(time: DateTime<Utc>) -> String {
@@ -187,6 +222,10 @@ mod tests {
         assert_eq!(a, "demo-20260102T030405.000Z-ffffffff-sqlite.zst.age");
         assert_eq!(b, "demo-20261102T030405.000Z-00000000-etcd.zst");
         assert!(a < b);
+        assert_eq!(parse_backup_name(&a), Some((early, SourceKind::Sqlite)));
+        assert_eq!(parse_backup_name(&b), Some((late, SourceKind::Etcd)));
+        assert_eq!(parse_backup_name(&config_name(&a)), None);
+        assert_eq!(parse_backup_name(&format!("{a}.json")), None);
         let twin = backup_name("demo", early, 1, SourceKind::Sqlite, true);
         assert_ne!(a, twin, "two writers in one millisecond");
         assert_eq!(

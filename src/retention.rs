@@ -111,8 +111,8 @@ pub async fn prune(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> anyhow::Result<RetentionPlan<crate::manifest::Manifest>> {
-    let backups = crate::catalog::list_backups(storage).await?;
-    let plan = plan(&backups, policy, now);
+    let catalog = crate::catalog::read(storage).await?;
+    let plan = plan(&catalog.backups, policy, now);
     if !dry_run {
         for (backup, reason) in &plan.delete {
             // Manifest first: once it is gone the backup is no longer listed, so
@@ -122,10 +122,31 @@ pub async fn prune(
             if let Some(config) = &backup.config {
                 storage.delete(&config.name).await?;
             }
+            for record in catalog.records.iter().filter(|r| r.backup == backup.name) {
+                storage.delete(&record.key).await?;
+            }
             tracing::info!(backup = %backup.name, %reason, "retention deleted backup");
         }
+        delete_orphaned_records(storage, &catalog).await?;
     }
     Ok(plan)
+}
+
+/// Records whose backup is gone: left by a deletion that was cut off, or
+/// written by a drill while another agent's retention deleted the backup.
+async fn delete_orphaned_records(
+    storage: &dyn crate::storage::Storage,
+    catalog: &crate::catalog::Catalog,
+) -> anyhow::Result<()> {
+    let present: std::collections::HashSet<&str> =
+        catalog.objects.iter().map(|o| o.key.as_str()).collect();
+    for record in &catalog.records {
+        if !present.contains(record.backup.as_str()) {
+            storage.delete(&record.key).await?;
+            tracing::info!(record = %record.key, "retention deleted a record of a backup that is gone");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct Status {
     pub standby: Option<String>,
     pub next_run: Option<DateTime<Utc>>,
     pub last_success: Option<Success>,
+    /// The last check that found the store unchanged since the newest backup (`--skip-unchanged`).
+    pub last_unchanged: Option<Unchanged>,
     pub last_failure: Option<Failure>,
     /// Newest first, at most `RECENT_FAILURES`: a flapping destination shows as a pattern.
     pub recent_failures: Vec<Failure>,
@@ -51,6 +53,13 @@ pub struct Success {
     pub size: u64,
     pub stored_size: u64,
     pub duration_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Unchanged {
+    pub time: DateTime<Utc>,
+    /// The backup that is still current.
+    pub backup: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +99,7 @@ impl State {
                 standby: None,
                 next_run: None,
                 last_success: None,
+                last_unchanged: None,
                 last_failure: None,
                 recent_failures: Vec::new(),
                 recent_backups: Vec::new(),
@@ -150,6 +160,24 @@ impl State {
                 duration_seconds: seconds,
             });
         });
+    }
+
+    /// No backup taken at `checked`: the store had not changed since `backup`.
+    pub fn backup_unchanged(&self, backup: &str, checked: DateTime<Utc>) {
+        self.metrics.record_unchanged(checked);
+        self.update(|s| {
+            s.running = false;
+            s.last_unchanged = Some(Unchanged {
+                time: checked,
+                backup: backup.to_string(),
+            });
+        });
+    }
+
+    /// The newest backup was last confirmed current at `at` (an unchanged
+    /// check recorded in storage, read at start).
+    pub fn confirmed_current(&self, at: DateTime<Utc>) {
+        self.metrics.record_newest_stored(at);
     }
 
     /// Something failed at `stage`; `message` is the whole error, one line.

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 
-const COMMANDS: [&str; 7] = [
-    "run", "backup", "list", "prune", "decrypt", "restore", "export",
+const COMMANDS: [&str; 9] = [
+    "run", "backup", "list", "prune", "decrypt", "restore", "export", "verify", "fleet",
 ];
 
 /// (flag, env var) for every option of `command`, read from its `--help`.

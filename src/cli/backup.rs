@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use chrono_tz::Tz;
 use clap::Args;
 
+use super::drill::{AfterUploadArgs, SkipArgs};
 use super::target::StorageArgs;
 use crate::daemon::DaemonConfig;
 use crate::pipeline::{Compression, Recipients, Sealing};
@@ -169,6 +170,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub retention: RetentionArgs,
 
+    #[command(flatten)]
+    pub after_upload: AfterUploadArgs,
+
+    #[command(flatten)]
+    pub skip: SkipArgs,
+
     /// Address (IP:PORT) for /metrics, /livez, /readyz and /status.
     #[arg(
         long,
@@ -307,12 +314,15 @@ impl std::fmt::Display for Age {
     }
 }
 
-fn parse_age(text: &str) -> Result<Age> {
+/// A duration as an age to subtract from the wall clock.
+pub(super) fn parse_delta(text: &str) -> Result<chrono::TimeDelta> {
     let age = schedule::parse_duration(text)?;
-    let delta =
-        chrono::TimeDelta::from_std(age).with_context(|| format!("{text:?} is too long"))?;
+    chrono::TimeDelta::from_std(age).with_context(|| format!("{text:?} is too long"))
+}
+
+fn parse_age(text: &str) -> Result<Age> {
     Ok(Age {
-        delta,
+        delta: parse_delta(text)?,
         text: text.trim().to_string(),
     })
 }
@@ -337,6 +347,11 @@ impl RunArgs {
             listen: self.listen,
             shutdown_timeout: self.shutdown_timeout,
             backup_on_shutdown: self.backup_on_shutdown,
+            verify_after_upload: self.after_upload.verify_after_upload,
+            skip_unchanged: self
+                .skip
+                .skip_unchanged
+                .then_some(self.skip.max_unchanged_age),
             vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
             vcluster: target.vcluster,
         })

@@ -4,10 +4,12 @@
 //! anything runs.
 
 mod backup;
+mod drill;
 mod read;
 mod target;
 
 pub use backup::*;
+pub use drill::{FleetArgs, VerifyArgs};
 pub use read::*;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -57,4 +59,9 @@ pub enum Command {
     /// Write a backup as vCluster's snapshot archive (.tar.gz) for `vcluster restore` and
     /// `vcluster create --restore`. The archive is NOT age-encrypted: vCluster cannot read age.
     Export(ExportArgs),
+    /// Restore drill: read a backup back and check it as a restore would (with --identity:
+    /// decrypted, the database checked), without restoring. Records the result beside it.
+    Verify(VerifyArgs),
+    /// Every virtual cluster under a destination: newest backup, age, size, last drill, status.
+    Fleet(FleetArgs),
 }

@@ -22,22 +22,51 @@ pub enum Outcome {
     /// Cut off by the shutdown deadline: not the backup's fault, so neither a
     /// failure of any stage nor the last failure in /status.
     Aborted,
+    /// No backup taken: the store had not changed since the newest (`--skip-unchanged`).
+    Unchanged,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 3] = [Outcome::Success, Outcome::Failure, Outcome::Aborted];
+    const ALL: [Outcome; 4] = [
+        Outcome::Success,
+        Outcome::Failure,
+        Outcome::Aborted,
+        Outcome::Unchanged,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
             Outcome::Aborted => "aborted",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// How a read-back of an uploaded backup ended: the `result` label of
+/// `vcbackup_verifications_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyResult {
+    Ok,
+    Failed,
+}
+
+impl VerifyResult {
+    const ALL: [VerifyResult; 2] = [VerifyResult::Ok, VerifyResult::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            VerifyResult::Ok => "ok",
+            VerifyResult::Failed => "failed",
         }
     }
 }
 
 pub struct Metrics {
     registry: Registry,
+    verifications: IntCounterVec,
+    verify_duration: Gauge,
     backups: IntCounterVec,
     failures: IntCounterVec,
     last_success: Gauge,
@@ -112,6 +141,20 @@ impl Metrics {
             "vcbackup_schedule_interval_seconds",
             "Seconds between two scheduled runs (for freshness alerts).",
         )?;
+        let verifications = IntCounterVec::new(
+            Opts::new(
+                "vcbackup_verifications_total",
+                "Read-backs of uploaded backups (--verify-after-upload), by result.",
+            ),
+            &["result"],
+        )?;
+        for result in VerifyResult::ALL {
+            verifications.with_label_values(&[result.label()]);
+        }
+        let verify_duration = Gauge::new(
+            "vcbackup_last_verify_duration_seconds",
+            "How long the last read-back of an uploaded backup took (--verify-after-upload).",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("vcbackup_build_info", "The agent's version; always 1."),
             &["version"],
@@ -143,6 +186,8 @@ impl Metrics {
             Box::new(skipped_runs.clone()),
             Box::new(schedule_interval.clone()),
             Box::new(build_info),
+            Box::new(verifications.clone()),
+            Box::new(verify_duration.clone()),
         ];
         #[cfg(target_os = "linux")]
         let collectors = {
@@ -160,6 +205,8 @@ impl Metrics {
         registry.register(Box::new(standby.clone()))?;
         Ok(Metrics {
             registry,
+            verifications,
+            verify_duration,
             backups,
             failures,
             last_success,
@@ -218,6 +265,24 @@ impl Metrics {
             .inc();
     }
 
+    /// An uploaded backup was read back and checked, in `seconds`.
+    pub fn record_verify(&self, result: VerifyResult, seconds: f64) {
+        self.verifications
+            .with_label_values(&[result.label()])
+            .inc();
+        self.verify_duration.set(seconds);
+    }
+
+    /// The store was found unchanged at `checked` since the newest backup:
+    /// that backup is current as of then, so freshness counts from `checked`.
+    pub fn record_unchanged(&self, checked: DateTime<Utc>) {
+        self.in_progress.set(0);
+        self.backups
+            .with_label_values(&[Outcome::Unchanged.label()])
+            .inc();
+        self.last_success.set(checked.timestamp() as f64);
+    }
+
     /// The newest backup in storage finished at `finished`: read at start, and
     /// while another replica's agent takes the backups.
     pub fn record_newest_stored(&self, finished: DateTime<Utc>) {
@@ -258,6 +323,7 @@ impl Metrics {
     }
 }
 
+pub mod fleet;
 #[cfg(target_os = "linux")]
 mod process;
 

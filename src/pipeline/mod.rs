@@ -242,6 +242,29 @@ pub fn unseal<'a, R: Read + Send + 'a>(
     bail!("read {what}: not a vcbackup backup (neither age-encrypted nor zstd-compressed)")
 }
 
+/// Checks without any key that `head`, the first bytes of a stored backup, is
+/// what the manifest says it is: an age file whose header parses (to public
+/// keys, not a passphrase), or a zstd frame. Returns what it found.
+pub fn check_sealed_format(head: &[u8], encrypted: bool) -> Result<&'static str> {
+    if encrypted {
+        if !(head.starts_with(AGE_MAGIC) || head.starts_with(AGE_ARMOR_MAGIC)) {
+            bail!(
+                "the manifest says age-encrypted, but the object does not start with an age header"
+            );
+        }
+        let decryptor = age::Decryptor::new(age::armor::ArmoredReader::new(head))
+            .map_err(|err| anyhow::anyhow!("the age header does not parse: {err}"))?;
+        if decryptor.is_scrypt() {
+            bail!("the object is encrypted to a passphrase, not to the recipients in the manifest");
+        }
+        return Ok("an age header to public keys");
+    }
+    if !head.starts_with(ZSTD_MAGIC) {
+        bail!("the manifest says zstd-compressed, but the object does not start with a zstd frame");
+    }
+    Ok("a zstd frame")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 
 use super::bolt::RevisionScanner;
 use super::{SnapshotFacts, Source};
-use crate::manifest::{EtcdFacts, SourceKind};
+use crate::manifest::{EtcdFacts, SemanticRevision, SourceKind};
 
 const DIGEST_LEN: usize = 32;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,6 +98,44 @@ impl EtcdSource {
         Ok(source)
     }
 
+    /// Range reads over the key ranges outside the ignored prefixes, each
+    /// sorted by mod revision with limit 1 and keys only: the newest revision
+    /// and the range's key count come back in one answer. Every read is pinned
+    /// to the revision of the first, so the ranges describe one state.
+    async fn semantic(&mut self) -> Result<SemanticRevision> {
+        use etcd_client::{GetOptions, SortOrder, SortTarget};
+        let what = "read the semantic revision";
+        let mut at = 0;
+        let mut semantic = SemanticRevision {
+            revision: 0,
+            keys: 0,
+        };
+        for (start, end) in super::semantic::ranges() {
+            let mut options = GetOptions::new()
+                .with_keys_only()
+                .with_limit(1)
+                .with_sort(SortTarget::Mod, SortOrder::Descend)
+                .with_revision(at);
+            options = match end {
+                Some(end) => options.with_range(end),
+                None => options.with_from_key(),
+            };
+            let response =
+                tokio::time::timeout(REQUEST_TIMEOUT, self.client.get(start, Some(options)))
+                    .await
+                    .map_err(|_| timed_out(&self.endpoint, what))?
+                    .map_err(|err| explain(&self.endpoint, what, &err))?;
+            if at == 0 {
+                at = response.header().map_or(0, |h| h.revision());
+            }
+            semantic.keys += u64::try_from(response.count()).unwrap_or(0);
+            if let Some(kv) = response.kvs().first() {
+                semantic.revision = semantic.revision.max(kv.mod_revision());
+            }
+        }
+        Ok(semantic)
+    }
+
     async fn status(&mut self) -> Result<Status> {
         let status = tokio::time::timeout(REQUEST_TIMEOUT, self.client.status())
             .await
@@ -130,6 +168,11 @@ impl Source for EtcdSource {
 
     fn describe(&self) -> String {
         self.endpoint.clone()
+    }
+
+    fn semantic_revision(&mut self) -> Result<Option<SemanticRevision>> {
+        let runtime = self.runtime.clone();
+        runtime.block_on(self.semantic()).map(Some)
     }
 
     fn standby(&mut self) -> Result<Option<String>> {

@@ -5,6 +5,7 @@ mod bolt;
 mod detect;
 mod etcd;
 pub mod kine;
+pub mod semantic;
 mod sqlite;
 
 use std::io::Write;
@@ -12,11 +13,13 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::manifest::{EtcdFacts, SourceKind};
+use crate::manifest::{EtcdFacts, SemanticRevision, SourceKind};
 
-pub use bolt::{BoltFile, ValueAt};
+pub use bolt::{BoltFile, RevisionScanner, ValueAt};
 pub use detect::{Detected, detect};
-pub use etcd::{EtcdOptions, EtcdSource, EtcdTls, check_restored_snapshot, verify_snapshot_digest};
+pub use etcd::{
+    DigestCheck, EtcdOptions, EtcdSource, EtcdTls, check_restored_snapshot, verify_snapshot_digest,
+};
 pub use sqlite::SqliteSource;
 
 /// What a snapshot tells the manifest beyond its bytes.
@@ -36,6 +39,12 @@ pub trait Source: Send {
     /// Writes one consistent snapshot to `out`. Runs on a blocking thread;
     /// must never write to or block the live store.
     fn snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts>;
+
+    /// The newest change a user cares about (see `semantic`), read cheaply
+    /// and without the snapshot; `None` where the store cannot tell.
+    fn semantic_revision(&mut self) -> Result<Option<SemanticRevision>> {
+        Ok(None)
+    }
 
     /// Why another replica's agent takes this slot's backup, or `None` when
     /// this agent should. Runs on a blocking thread.

@@ -96,6 +96,22 @@ impl Source for SqliteSource {
         SourceKind::Sqlite
     }
 
+    /// Both numbers from one read transaction, so they describe one state.
+    fn semantic_revision(&mut self) -> Result<Option<crate::manifest::SemanticRevision>> {
+        let context = || format!("read the semantic revision of {}", self.path.display());
+        if !self.has_kine_table().with_context(context)? {
+            return Ok(None);
+        }
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .with_context(context)?;
+        let read = super::semantic::kine(&self.conn);
+        let ended = self.conn.execute_batch("COMMIT");
+        let semantic = read.with_context(context)?;
+        ended.with_context(context)?;
+        Ok(Some(semantic))
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

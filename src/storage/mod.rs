@@ -159,6 +159,45 @@ impl Destination {
             Destination::S3(options) => Ok(Box::new(S3Storage::open(options, vcluster).await?)),
         }
     }
+
+    /// Every virtual cluster with a folder under this destination, with its
+    /// storage, sorted by name: one delimiter LIST on S3 (the storages share
+    /// one client), one directory read for a directory.
+    pub async fn open_all(&self) -> Result<Vec<(String, Box<dyn Storage>)>> {
+        match self {
+            Destination::Local(root) => {
+                let mut names = Vec::new();
+                let mut entries = tokio::fs::read_dir(root)
+                    .await
+                    .with_context(|| format!("list {}", root.display()))?;
+                while let Some(entry) = entries
+                    .next_entry()
+                    .await
+                    .with_context(|| format!("list {}", root.display()))?
+                {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+                    if is_dir && !name.starts_with('.') {
+                        names.push(name);
+                    }
+                }
+                names.sort();
+                Ok(names
+                    .into_iter()
+                    .map(|name| {
+                        let storage: Box<dyn Storage> =
+                            Box::new(LocalStorage::new(root.join(&name)));
+                        (name, storage)
+                    })
+                    .collect())
+            }
+            Destination::S3(options) => Ok(S3Storage::open_all(options)
+                .await?
+                .into_iter()
+                .map(|(name, storage)| (name, Box::new(storage) as Box<dyn Storage>))
+                .collect()),
+        }
+    }
 }
 
 impl fmt::Display for Destination {

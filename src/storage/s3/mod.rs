@@ -8,6 +8,7 @@
 
 mod client;
 mod explain;
+mod fleet;
 mod multipart;
 mod options;
 #[cfg(test)]

@@ -1,0 +1,324 @@
+//! The blocking half of a drill: the object is read once, as a stream,
+//! through every check that needs its bytes. Only the checks that need random
+//! access (SQLite's integrity check, the bbolt walk) read the plaintext from
+//! a scratch file, in a private directory removed when the drill ends.
+
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rusqlite::{Connection, OpenFlags};
+
+use super::Check;
+use crate::manifest::{Manifest, SourceKind};
+use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, check_sealed_format, unseal};
+use crate::source::{BoltFile, DigestCheck, RevisionScanner};
+
+const BUFFER: usize = 256 * 1024;
+
+fn stored(manifest: &Manifest) -> Fingerprint {
+    Fingerprint {
+        size: manifest.stored_size,
+        sha256: manifest.stored_sha256.clone(),
+    }
+}
+
+/// Step 1 and the object checks, without a key: the stored bytes against the
+/// manifest, and the object's format.
+pub(super) fn keyless(reader: impl Read, manifest: &Manifest, checks: &mut Vec<Check>) {
+    let what = manifest.name.as_str();
+    let mut input =
+        BufReader::with_capacity(BUFFER, CheckStored::new(reader, stored(manifest), what));
+    let format = match input.fill_buf() {
+        Ok(head) => check_sealed_format(head, manifest.encryption.is_some()),
+        Err(err) => Err(anyhow!("read the object's first bytes: {err}")),
+    };
+    // The verdict on the stored bytes comes from `finish`, whatever the drain said.
+    let _ = io::copy(&mut input, &mut io::sink());
+    checks.push(Check::from(
+        "stored",
+        stored_verdict(input.into_inner().finish(), manifest),
+    ));
+    checks.push(Check::from(
+        "format",
+        format.map(|found| format!("the object is {found}")),
+    ));
+}
+
+fn stored_verdict(result: Result<()>, manifest: &Manifest) -> Result<String> {
+    match result {
+        Ok(()) => Ok(format!(
+            "{} bytes, SHA-256 {} as in the manifest",
+            manifest.stored_size, manifest.stored_sha256
+        )),
+        // The report names the backup already.
+        Err(err) => {
+            let message = format!("{err:#}");
+            let prefix = format!("verify {}: ", manifest.name);
+            Err(anyhow!(
+                "{}",
+                message.strip_prefix(&prefix).unwrap_or(&message)
+            ))
+        }
+    }
+}
+
+/// What the plaintext stream showed on its way to the scratch file.
+struct Decoded {
+    fingerprint: Fingerprint,
+    /// An etcd snapshot's digest verdict and revision, read as it passed.
+    etcd: Option<(Result<u64>, Result<i64, String>)>,
+}
+
+/// Steps 1 to 4: the object decrypted and decompressed in one pass, then the
+/// database checked in `scratch`.
+pub(super) fn full(
+    reader: impl Read + Send,
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+    scratch: &Path,
+    checks: &mut Vec<Check>,
+) -> Result<()> {
+    let what = manifest.name.as_str();
+    let dir = tempfile::Builder::new()
+        .prefix(".vcbackup-verify-")
+        .tempdir_in(scratch)
+        .with_context(|| {
+            format!(
+                "create a scratch directory in {} (--scratch-dir)",
+                scratch.display()
+            )
+        })?;
+    let path = dir.path().join("plaintext");
+    let mut input = CheckStored::new(reader, stored(manifest), what);
+    let decoded = decode(&mut input, manifest, identities, &path);
+    let stored = Check::from("stored", stored_verdict(input.finish(), manifest));
+    let stored_ok = stored.ok;
+    checks.push(stored);
+    let decoded = match decoded {
+        Ok(decoded) => {
+            checks.push(Check::pass(
+                "decrypt",
+                "age authenticated every chunk, zstd's checksum matched",
+            ));
+            decoded
+        }
+        // Decoding damaged bytes fails as a consequence; `stored` says why.
+        Err(_) if !stored_ok => {
+            checks.push(Check::fail(
+                "decrypt",
+                "not decoded: the stored object is damaged (check stored)",
+            ));
+            return Ok(());
+        }
+        Err(err) => {
+            checks.push(Check::fail("decrypt", format!("{err:#}")));
+            return Ok(());
+        }
+    };
+    let plaintext = &decoded.fingerprint;
+    checks.push(
+        if plaintext.size == manifest.size && plaintext.sha256 == manifest.sha256 {
+            Check::pass(
+                "plaintext",
+                format!(
+                    "{} bytes, SHA-256 {} as in the manifest",
+                    plaintext.size, plaintext.sha256
+                ),
+            )
+        } else {
+            Check::fail(
+                "plaintext",
+                format!(
+                    "{} bytes, SHA-256 {}; the manifest records {} bytes, SHA-256 {}",
+                    plaintext.size, plaintext.sha256, manifest.size, manifest.sha256
+                ),
+            )
+        },
+    );
+    match (manifest.kind, decoded.etcd) {
+        (SourceKind::Sqlite, _) => kine(&path, manifest, checks),
+        (SourceKind::Etcd, Some((digest, revision))) => {
+            etcd(&path, manifest, digest, revision, checks)
+        }
+        (SourceKind::Etcd, None) => {}
+    }
+    // Removes the scratch file and whatever SQLite made beside it.
+    dir.close()
+        .with_context(|| format!("remove the scratch directory in {}", scratch.display()))
+}
+
+fn decode(
+    input: &mut CheckStored<impl Read + Send>,
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+    path: &Path,
+) -> Result<Decoded> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = manifest.name.as_str();
+    let mut plaintext = unseal(input, identities, what)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create scratch file {}", path.display()))?;
+    let mut out = Hashing::new(BufWriter::with_capacity(BUFFER, file));
+    let mut etcd =
+        (manifest.kind == SourceKind::Etcd).then(|| (DigestCheck::new(), RevisionScanner::new()));
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = match plaintext.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => bail!("read {what}: truncated or corrupt ({err})"),
+        };
+        out.write_all(&buf[..n])
+            .with_context(|| format!("write scratch file {}", path.display()))?;
+        if let Some((digest, scanner)) = etcd.as_mut() {
+            digest.update(&buf[..n], |db| scanner.feed(db));
+        }
+    }
+    let (fingerprint, writer) = out.finish();
+    writer
+        .into_inner()
+        .map_err(|err| err.into_error())
+        .with_context(|| format!("write scratch file {}", path.display()))?;
+    Ok(Decoded {
+        fingerprint,
+        etcd: etcd.map(|(digest, scanner)| (digest.finish(), scanner.finish())),
+    })
+}
+
+/// Step 3: SQLite's integrity check and kine's shape.
+fn kine(path: &Path, manifest: &Manifest, checks: &mut Vec<Check>) {
+    let conn = match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        Ok(conn) => conn,
+        Err(err) => {
+            checks.push(Check::fail(
+                "sqlite-integrity",
+                format!("open the database: {err}"),
+            ));
+            return;
+        }
+    };
+    let integrity = conn.prepare("PRAGMA integrity_check").and_then(|mut stmt| {
+        stmt.query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    });
+    checks.push(match integrity {
+        Ok(rows) if rows == ["ok"] => Check::pass("sqlite-integrity", "PRAGMA integrity_check: ok"),
+        Ok(rows) => Check::fail("sqlite-integrity", rows.join("; ")),
+        Err(err) => Check::fail("sqlite-integrity", err.to_string()),
+    });
+    let has_table: rusqlite::Result<i64> = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'kine'",
+        [],
+        |row| row.get(0),
+    );
+    match has_table {
+        Ok(1) => checks.push(Check::pass("kine-table", "table kine present")),
+        Ok(_) => {
+            checks.push(Check::fail(
+                "kine-table",
+                "no table kine: not kine's database",
+            ));
+            return;
+        }
+        Err(err) => {
+            checks.push(Check::fail("kine-table", err.to_string()));
+            return;
+        }
+    }
+    let max_id: rusqlite::Result<Option<i64>> =
+        conn.query_row("SELECT max(id) FROM kine", [], |row| row.get(0));
+    checks.push(match (max_id, manifest.revision) {
+        (Ok(found), Some(recorded)) if found == Some(recorded) => Check::pass(
+            "kine-revision",
+            format!("max(id) {recorded} as in the manifest"),
+        ),
+        (Ok(found), Some(recorded)) => Check::fail(
+            "kine-revision",
+            format!(
+                "max(id) is {}, the manifest records {recorded}",
+                shown(found)
+            ),
+        ),
+        (Ok(found), None) => Check::pass(
+            "kine-revision",
+            format!("max(id) {}; the manifest records none", shown(found)),
+        ),
+        (Err(err), _) => Check::fail("kine-revision", err.to_string()),
+    });
+    // An index range on kine's name index, not a scan.
+    let registry: rusqlite::Result<i64> = conn.query_row(
+        "SELECT count(*) FROM (SELECT 1 FROM kine WHERE name >= '/registry/' AND name < '/registry0' LIMIT 1)",
+        [],
+        |row| row.get(0),
+    );
+    checks.push(match registry {
+        Ok(1) => Check::pass("kine-registry-keys", "at least one /registry/ key"),
+        Ok(_) => Check::fail(
+            "kine-registry-keys",
+            "no /registry/ key: the store holds no Kubernetes object",
+        ),
+        Err(err) => Check::fail("kine-registry-keys", err.to_string()),
+    });
+}
+
+fn shown(revision: Option<i64>) -> String {
+    revision.map_or_else(|| "none (no rows)".to_string(), |r| r.to_string())
+}
+
+/// Step 4: etcd's digest, the bbolt tree, the revision.
+fn etcd(
+    path: &Path,
+    manifest: &Manifest,
+    digest: Result<u64>,
+    revision: Result<i64, String>,
+    checks: &mut Vec<Check>,
+) {
+    checks.push(Check::from(
+        "etcd-digest",
+        digest.map(|size| format!("etcd's SHA-256 of the {size}-byte database matches")),
+    ));
+    checks.push(Check::from("bbolt-walk", walk(path)));
+    checks.push(match (revision, manifest.revision) {
+        (Ok(found), Some(recorded)) if found == recorded => Check::pass(
+            "etcd-revision",
+            format!("revision {recorded} as in the manifest"),
+        ),
+        (Ok(found), Some(recorded)) => Check::fail(
+            "etcd-revision",
+            format!("the snapshot is at revision {found}, the manifest records {recorded}"),
+        ),
+        (Ok(found), None) => Check::pass(
+            "etcd-revision",
+            format!("revision {found}; the manifest records none"),
+        ),
+        (Err(why), _) => Check::fail("etcd-revision", why),
+    });
+}
+
+/// Walks every page of the `key` bucket: each entry must be keyed by a revision.
+fn walk(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let bolt = BoltFile::open(file).map_err(|why| anyhow!("{why}"))?;
+    let mut entries = 0u64;
+    bolt.for_each_in_bucket(b"key", |key, _, _| {
+        // `<main rev, 8 bytes BE>_<sub rev, 8 bytes BE>`, `t` appended for a delete.
+        if !(key.len() == 17 || (key.len() == 18 && key[17] == b't')) || key[8] != b'_' {
+            return Err(format!(
+                "an entry of the key bucket is not keyed by a revision: {key:02x?}"
+            ));
+        }
+        entries += 1;
+        Ok(())
+    })
+    .map_err(|why| anyhow!("{why}"))?;
+    if entries == 0 {
+        bail!("the key bucket is empty");
+    }
+    Ok(format!("{entries} revisions in the key bucket"))
+}

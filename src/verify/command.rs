@@ -1,0 +1,105 @@
+//! `vcbackup verify`: which backups of which virtual clusters, one drill
+//! each, a line per drill on standard output, and an error naming the first
+//! failed check and its backup.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+
+use crate::catalog::{self, Selector};
+use crate::cli::VerifyArgs;
+use crate::pipeline::Identities;
+use crate::records::Mode;
+use crate::storage::{Destination, Storage};
+
+pub async fn run(args: VerifyArgs) -> Result<()> {
+    let identities = args.identity.load()?.map(Arc::new);
+    let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let selector = Selector::new(Some(&args.backup), None)?;
+    let clusters: Vec<(String, Box<dyn Storage>)> = if args.all_vclusters {
+        let destination = Destination::parse(&args.storage.destination)?;
+        let all = destination.open_all().await?;
+        if all.is_empty() {
+            bail!("verify: no virtual cluster has backups under {destination}");
+        }
+        all
+    } else {
+        let (target, storage) = args.storage.open().await?;
+        vec![(target.vcluster, storage)]
+    };
+    if identities.is_none() {
+        eprintln!(
+            "no --identity: encrypted backups get the key-less checks only (stored bytes, format)"
+        );
+    }
+    let mut failures = Vec::new();
+    for (vcluster, storage) in &clusters {
+        let drills = Drills {
+            storage: storage.as_ref(),
+            identities: identities.clone(),
+            scratch: &scratch,
+        };
+        if let Err(err) = drills.run(&selector, args.all, &mut failures).await {
+            let line = format!("{vcluster}: {err:#}").replace('\n', " ");
+            println!("FAILED  {line}");
+            failures.push(line);
+        }
+    }
+    match failures.split_first() {
+        None => Ok(()),
+        Some((first, [])) => bail!("verify {first}"),
+        Some((first, rest)) => bail!("verify {first} (and {} more failed)", rest.len()),
+    }
+}
+
+struct Drills<'a> {
+    storage: &'a dyn Storage,
+    identities: Option<Arc<Identities>>,
+    scratch: &'a Path,
+}
+
+impl Drills<'_> {
+    /// Drills the chosen backups of one virtual cluster; failed checks are
+    /// added to `failures`, errors (nothing to check, storage down) returned.
+    async fn run(&self, selector: &Selector, all: bool, failures: &mut Vec<String>) -> Result<()> {
+        let catalog = catalog::read(self.storage).await?;
+        let chosen = if all {
+            catalog.backups.iter().collect()
+        } else {
+            vec![catalog::select(
+                &catalog.backups,
+                selector,
+                &self.storage.location(),
+            )?]
+        };
+        if chosen.is_empty() {
+            bail!("no backups in {}", self.storage.location());
+        }
+        for manifest in chosen {
+            // An unencrypted backup needs no key for the whole drill.
+            let mode = if self.identities.is_some() || manifest.encryption.is_none() {
+                Mode::Full
+            } else {
+                Mode::Keyless
+            };
+            let report = super::drill(
+                self.storage,
+                manifest,
+                mode,
+                self.identities.clone(),
+                self.scratch,
+            )
+            .await?;
+            println!("{}", report.summary());
+            if let Some(check) = report.first_failure() {
+                failures.push(format!(
+                    "{}: check {} failed: {}",
+                    manifest.name, check.name, check.detail
+                ));
+            }
+            super::store(self.storage, &report, &catalog.records).await?;
+        }
+        Ok(())
+    }
+}
