@@ -25,8 +25,18 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
         .with_context(|| format!("listen on {addr} (--listen)"))
 }
 
-/// Serves until `shutdown`; one task per connection.
+/// Serves the agent's endpoints until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+    serve_with(listener, shutdown, move |req| respond(&state, &req)).await
+}
+
+/// Serves `handler` until `shutdown`, one task per connection: the agent's
+/// endpoints and the fleet exporter's.
+pub async fn serve_with<H>(listener: TcpListener, shutdown: CancellationToken, handler: H)
+where
+    H: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -38,11 +48,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
             },
             () = shutdown.cancelled() => return,
         };
-        let state = Arc::clone(&state);
+        let handler = Arc::clone(&handler);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                let response = handler(req);
+                async move { Ok::<_, Infallible>(response) }
             });
             // Errors here are a client hanging up; nothing to do about them.
             let _ = hyper::server::conn::http1::Builder::new()

@@ -91,33 +91,6 @@ fn stored(dir: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
     (objects, manifests, other)
 }
 
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let problems = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && problems.trim().is_empty(),
-        "promtool check metrics: {problems}"
-    );
-}
-
 fn database(dir: &Path, bytes: u64) -> PathBuf {
     let db = dir.join("state.db");
     small_kine_db(&db, bytes);

@@ -326,7 +326,7 @@ fn the_exporter_serves_per_cluster_gauges_and_follows_the_bucket() {
         gauge("vcbackup_fleet_last_verify_success", UNVERIFIED),
         None
     );
-    promtool_check(&text);
+    common::promtool_check(&text);
 
     // A new backup of the stale cluster shows at the next refresh.
     let fresh = backup_name(STALE, Utc::now(), 0xffff);
@@ -345,29 +345,4 @@ fn the_exporter_serves_per_cluster_gauges_and_follows_the_bucket() {
         gauge("vcbackup_fleet_last_success_timestamp_seconds", STALE)
             .filter(|t| *t > Utc::now().timestamp() as f64 - 60.0)
     });
-}
-
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(common::tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -2,7 +2,6 @@
 //! `--refresh` and serves per-cluster gauges on `/metrics`, so an alert fires
 //! for a virtual cluster whose own sidecar is gone and exports nothing.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,6 @@ use bytes::Bytes;
 use chrono::Utc;
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -54,29 +52,10 @@ pub async fn serve(
 }
 
 async fn http(listener: TcpListener, metrics: Arc<FleetMetrics>, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!("accept an HTTP connection: {err}");
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, Infallible>(respond(&metrics, req.method(), req.uri().path())) }
-            });
-            // Errors here are a client hanging up.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    crate::http::serve_with(listener, shutdown, move |req| {
+        respond(&metrics, req.method(), req.uri().path())
+    })
+    .await
 }
 
 fn respond(metrics: &FleetMetrics, method: &Method, path: &str) -> Response<Full<Bytes>> {
