@@ -80,7 +80,9 @@ pub async fn take_backup(
 
     let (writer, body) = body_channel(CHUNK_SIZE, CHUNK_DEPTH);
     let seal = Arc::clone(&sealing);
-    let producer = tokio::task::spawn_blocking(move || {
+    // A thread of its own: at `--priority background` it and zstd's workers,
+    // which inherit its class, yield to the control plane.
+    let producer = crate::background::spawn("vcbackup-backup", move || {
         let mut source_failed = false;
         let sealed = seal.seal(writer, |out| {
             source.snapshot(out).inspect_err(|_| source_failed = true)
@@ -95,7 +97,8 @@ pub async fn take_backup(
             Err(err) if source_failed => Err(at(Stage::Source)(err)),
             Err(err) => Err(at(Stage::Pipeline)(err)),
         }
-    });
+    })
+    .map_err(at(Stage::Pipeline))?;
     let upload = storage.put(&name, body);
     let (produced, uploaded) = tokio::join!(producer, upload);
     let produced = produced
