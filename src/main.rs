@@ -174,6 +174,7 @@ async fn restore(args: cli::RestoreArgs) -> Result<()> {
         force: args.force,
         if_missing: args.if_missing,
         bump_revision: args.bump_revision,
+        integrity_check: args.integrity_check,
     };
     match restore::restore(storage.as_ref(), &selector, identities, &options).await? {
         restore::Restored::Done(manifest) => {
