@@ -84,7 +84,9 @@ pub async fn take_backup(
 
     let (writer, body) = body_channel(CHUNK_SIZE, CHUNK_DEPTH);
     let seal = Arc::clone(&sealing);
-    let producer = tokio::task::spawn_blocking(move || {
+    // A thread of its own: at `--priority background` it and zstd's workers,
+    // which inherit its class, yield to the control plane.
+    let producer = crate::background::spawn("vcbackup-backup", move || {
         // Read before the snapshot: a change in between makes the recorded
         // value older than the backup, which costs a backup, never a change.
         let semantic = source.semantic_revision().unwrap_or_else(|err| {
@@ -107,7 +109,8 @@ pub async fn take_backup(
             Err(err) if source_failed => Err(at(Stage::Source)(err)),
             Err(err) => Err(at(Stage::Pipeline)(err)),
         }
-    });
+    })
+    .map_err(at(Stage::Pipeline))?;
     let upload = storage.put(&name, body);
     let (produced, uploaded) = tokio::join!(producer, upload);
     let produced = produced

@@ -5,6 +5,7 @@
 //! snapshot) → `pipeline` (zstd, age) → `storage` (local, S3), orchestrated by
 //! `backup`; `catalog` reads backups back for `list`, `restore` and retention.
 
+mod background;
 mod backup;
 mod catalog;
 mod cli;
@@ -61,8 +62,14 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Run(args) => daemon::run(args.resolve()?).await,
-        Command::Backup(args) => backup_now(args).await,
+        Command::Run(args) => {
+            background::set(args.backup.priority);
+            daemon::run(args.resolve()?).await
+        }
+        Command::Backup(args) => {
+            background::set(args.backup.priority);
+            backup_now(args).await
+        }
         Command::List(args) => list(args).await,
         Command::Prune(args) => prune(args).await,
         Command::Decrypt(args) => decrypt(args).await,
@@ -175,6 +182,7 @@ async fn restore(args: cli::RestoreArgs) -> Result<()> {
         force: args.force,
         if_missing: args.if_missing,
         bump_revision: args.bump_revision,
+        integrity_check: args.integrity_check,
     };
     match restore::restore(storage.as_ref(), &selector, identities, &options).await? {
         restore::Restored::Done(manifest) => {

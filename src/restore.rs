@@ -5,6 +5,7 @@
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use anyhow::{Context, Result, bail};
 use tempfile::NamedTempFile;
@@ -23,6 +24,7 @@ pub struct RestoreOptions {
     pub if_missing: bool,
     /// How far to move kine's revision forward, so watchers never see it go back.
     pub bump_revision: u64,
+    pub integrity_check: kine::IntegrityCheck,
 }
 
 /// What `restore` did.
@@ -67,6 +69,7 @@ pub async fn restore(
     let target = target.clone();
     let force = options.force;
     let bump = options.bump_revision;
+    let check = options.integrity_check;
     let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest> {
         let what = manifest.name.clone();
         let mut input = CheckStored::new(SyncIoBridge::new(reader), stored(&manifest), &what);
@@ -80,6 +83,7 @@ pub async fn restore(
         match manifest.kind {
             SourceKind::Sqlite => kine::prepare_restored(
                 temp.path(),
+                check,
                 bump,
                 kine::live_revision(&target, force)?,
                 &what,
@@ -244,6 +248,9 @@ fn read_manifest_beside(path: &Path) -> Result<Option<Manifest>> {
 
 /// Decodes into a hidden temporary file in the target's directory (so the final
 /// rename stays on one filesystem), synced, with the plaintext fingerprint.
+/// Two threads overlap the work: this one reads (the stored digest, age,
+/// zstd), a writer hashes the plaintext and writes it out as it comes, so the
+/// final sync finds little left to do.
 fn decode_beside(
     target: &Path,
     plaintext: Box<dyn Read + Send + '_>,
@@ -262,17 +269,76 @@ fn decode_beside(
         .tempfile_in(dir)
         .with_context(|| format!("create a temporary file in {}", dir.display()))?;
     let progress = progress_bar(expected_size);
-    let mut out = Hashing::new(io::BufWriter::with_capacity(1 << 20, temp.as_file()));
-    let copied = copy(progress.wrap_read(plaintext), &mut out, what);
-    progress.finish_and_clear();
-    copied?;
-    let (fingerprint, writer) = out.finish();
-    writer
-        .into_inner()
-        .map_err(|err| err.into_error())
-        .and_then(|file| file.sync_all())
-        .with_context(|| format!("write {}", temp.path().display()))?;
-    Ok((temp, fingerprint))
+    let file = temp.as_file();
+    let written = std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::Builder::new()
+            .name("vcbackup-restore-write".into())
+            .spawn_scoped(scope, move || write_buffers(file, full_rx, empty_tx))
+            .context("start the writer thread")?;
+        let read = read_buffers(progress.wrap_read(plaintext), &full_tx, &empty_rx, what);
+        drop(full_tx);
+        let written = writer.join();
+        progress.finish_and_clear();
+        read?;
+        written
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+            .with_context(|| format!("write {}", temp.path().display()))
+    })?;
+    Ok((temp, written))
+}
+
+/// Buffers in flight between the two threads of a restore: memory stays at
+/// `BUFFERS + 2` times `BUFFER` whatever the size.
+const BUFFER: usize = 1 << 20;
+const BUFFERS: usize = 4;
+
+/// Fills buffers from `plaintext` and hands them to the writer, reusing the
+/// ones it hands back. Stops early, without error, when the writer has failed.
+fn read_buffers(
+    mut plaintext: impl Read,
+    full: &mpsc::SyncSender<Vec<u8>>,
+    empty: &mpsc::Receiver<Vec<u8>>,
+    what: &str,
+) -> Result<()> {
+    loop {
+        let mut buf = empty.try_recv().unwrap_or_else(|_| vec![0u8; BUFFER]);
+        buf.resize(BUFFER, 0);
+        let mut filled = 0;
+        while filled < BUFFER {
+            match plaintext.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => bail!("read {what}: the backup is truncated or corrupt ({err})"),
+            }
+        }
+        buf.truncate(filled);
+        if filled == 0 || full.send(buf).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Hashes and writes what the reader sends, then syncs; the fingerprint of it all.
+fn write_buffers(
+    file: &std::fs::File,
+    full: mpsc::Receiver<Vec<u8>>,
+    empty: mpsc::Sender<Vec<u8>>,
+) -> io::Result<Fingerprint> {
+    // The restored database is read right away (integrity check, then kine): its pages stay.
+    let mut write_back = crate::background::WriteBack::new(false);
+    let mut out = Hashing::new(file);
+    for buf in full {
+        out.write_all(&buf)?;
+        write_back.wrote(file, buf.len())?;
+        let _ = empty.send(buf);
+    }
+    let (fingerprint, file) = out.finish();
+    file.sync_all()?;
+    write_back.synced(file);
+    Ok(fingerprint)
 }
 
 fn copy(mut plaintext: impl Read, out: &mut impl Write, what: &str) -> Result<u64> {

@@ -11,6 +11,7 @@ use clap::Args;
 
 use super::drill::{AfterUploadArgs, SkipArgs};
 use super::target::StorageArgs;
+use crate::background::Priority;
 use crate::daemon::DaemonConfig;
 use crate::pipeline::{Compression, Recipients, Sealing};
 use crate::retention::RetentionPolicy;
@@ -42,6 +43,12 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub vcluster_config: VclusterConfigArgs,
+
+    /// How a backup competes with the control plane for CPU and disk: `background` runs it in
+    /// the idle CPU and I/O classes (full speed on an idle node, out of the way of kine's commits
+    /// on a busy one); `normal` competes as any process does (faster on a busy node, felt there).
+    #[arg(long, env = "VCBACKUP_PRIORITY", value_enum, default_value_t = Priority::Background)]
+    pub priority: Priority,
 }
 
 /// The vCluster config saved with every backup, and the release it belongs to.

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::io::AsyncWriteExt;
 
 use super::{
     Body, ObjectExists, ObjectInfo, ObjectNotFound, ObjectReader, Storage, check_key,
@@ -35,8 +35,11 @@ impl LocalStorage {
         Ok(self.dir.join(key))
     }
 
+    /// Chunks go to a writer thread of their own, at the backup's priority,
+    /// written out as they come (`background::WriteBack`): no large flush
+    /// for the control plane's fsyncs to queue behind at the end.
     async fn write_partial(&self, partial: &Path, mut body: Body) -> Result<()> {
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(OBJECT_MODE)
@@ -47,16 +50,44 @@ impl LocalStorage {
         file.set_permissions(std::fs::Permissions::from_mode(OBJECT_MODE))
             .await
             .with_context(|| format!("set the mode of {}", partial.display()))?;
+        let file = file.into_std().await;
+        // `None` ends the object; a closed channel means this future was dropped.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(2);
+        let shown = partial.display().to_string();
+        let writer = crate::background::spawn("vcbackup-write", move || write_chunks(file, rx))?;
         while let Some(chunk) = body.next().await? {
-            file.write_all(&chunk)
-                .await
-                .with_context(|| format!("write {}", partial.display()))?;
+            if tx.send(Some(chunk)).await.is_err() {
+                break; // The writer failed: its error says why.
+            }
         }
-        file.sync_all()
+        let _ = tx.send(None).await;
+        writer
             .await
-            .with_context(|| format!("sync {}", partial.display()))?;
-        Ok(())
+            .context("the writer thread panicked")?
+            .with_context(|| format!("write {shown}"))
     }
+}
+
+fn write_chunks(
+    mut file: std::fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<Option<Bytes>>,
+) -> io::Result<()> {
+    use std::io::Write;
+    let mut write_back = crate::background::WriteBack::new(true);
+    loop {
+        match rx.blocking_recv() {
+            Some(Some(chunk)) => {
+                file.write_all(&chunk)?;
+                write_back.wrote(&file, chunk.len())?;
+            }
+            Some(None) => break,
+            None => return Err(io::Error::other("stopped before the end")),
+        }
+    }
+    file.sync_all()?;
+    // Nobody reads a backup back soon: its pages would only push the control plane's out.
+    write_back.synced(&file);
+    Ok(())
 }
 
 #[async_trait]
