@@ -74,7 +74,7 @@ pub struct WriteBack {
 
 /// Large enough for sequential disk writes, small enough that kine's fsync,
 /// queued behind one window, waits only a few milliseconds.
-const WINDOW: u64 = 4 << 20;
+const WINDOW: u64 = 1 << 20;
 
 impl WriteBack {
     pub fn new(drop_cache: bool) -> Self {

@@ -11,6 +11,7 @@ mod catalog;
 mod cli;
 mod daemon;
 mod export;
+mod footprint;
 mod http;
 mod keyvalue;
 mod listing;
