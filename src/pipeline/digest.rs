@@ -12,11 +12,11 @@ use sha2::{Digest, Sha256};
 use super::Fingerprint;
 
 /// Plaintext goes to zstd in blocks this large (SQLite hands us 4 KiB pages:
-/// one zstd call per page costs more than the copy), and to the hasher too.
-const BLOCK: usize = 1 << 20;
-/// Blocks queued for the hasher; with the one it hashes and the one filling,
-/// what this adds to memory.
-const QUEUED: usize = 2;
+/// one zstd call per page cost more than the copy), and to the hasher too.
+const BLOCK: usize = 256 << 10;
+/// Blocks queued for the hasher: with the one it hashes and the one filling,
+/// 1.5 MiB, enough to ride out its pauses.
+const QUEUED: usize = 4;
 
 /// Passes what is written to `inner` in blocks, and hashes the same blocks
 /// on a thread of its own (which inherits the caller's CPU and I/O classes).
@@ -39,7 +39,7 @@ impl<W: Write> HashBehind<W> {
                 let mut sha = Sha256::new();
                 for block in blocks {
                     sha.update(&block);
-                    // Handed back for reuse: no 1 MiB allocation (an mmap) per block.
+                    // Handed back for reuse: no allocation per block.
                     let _ = recycle.send(block);
                 }
                 sha
