@@ -132,6 +132,8 @@ impl Scheduler<'_> {
             };
             let fire_at = slot + schedule::jitter(config.jitter);
             self.state.next_run(fire_at);
+            // Until then the agent only waits: what start-up or the backup left resident goes.
+            crate::footprint::shed();
             if !self.sleep_until(fire_at).await {
                 break;
             }

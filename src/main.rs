@@ -14,6 +14,7 @@ mod durable;
 mod error_chain;
 mod export;
 mod fleet;
+mod footprint;
 mod http;
 mod keyvalue;
 mod listing;

@@ -328,7 +328,7 @@ fn write_buffers(
     empty: mpsc::Sender<Vec<u8>>,
 ) -> io::Result<Fingerprint> {
     // The restored database is read right away (integrity check, then kine): its pages stay.
-    let mut write_back = crate::background::WriteBack::new(false);
+    let mut write_back = crate::background::WriteBack::restoring();
     let mut out = Hashing::new(file);
     for buf in full {
         out.write_all(&buf)?;

@@ -3,6 +3,7 @@
 //! over `Write`/`Read`, so memory stays flat whatever the database's size.
 
 mod compress;
+mod digest;
 mod encrypt;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -11,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 pub use compress::Compression;
+use digest::HashBehind;
 pub use encrypt::{Identities, Recipients};
 
 /// Size and SHA-256 of a byte stream.
@@ -154,7 +156,8 @@ pub struct Sealed<T, W> {
 
 impl Sealing {
     /// Runs `write_plaintext` with a writer whose bytes are compressed,
-    /// encrypted and written to `out`, hashing both ends.
+    /// encrypted and written to `out`, hashing both ends (the plaintext on a
+    /// thread of its own).
     pub fn seal<T, W: Write>(
         &self,
         out: W,
@@ -165,9 +168,9 @@ impl Sealing {
             Some(recipients) => Encrypted::Age(recipients.encrypt(stored)?),
             None => Encrypted::Plain(stored),
         };
-        let mut plaintext = Hashing::new(self.compression.compress(encrypted)?);
+        let mut plaintext = HashBehind::new(self.compression.compress(encrypted)?)?;
         let facts = write_plaintext(&mut plaintext)?;
-        let (plaintext, compressed) = plaintext.finish();
+        let (plaintext, compressed) = plaintext.finish()?;
         let encrypted = compressed.finish().context("finish compression")?;
         let (stored, out) = encrypted.finish().context("finish encryption")?.finish();
         Ok(Sealed {

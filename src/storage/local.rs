@@ -73,7 +73,7 @@ fn write_chunks(
     mut rx: tokio::sync::mpsc::Receiver<Option<Bytes>>,
 ) -> io::Result<()> {
     use std::io::Write;
-    let mut write_back = crate::background::WriteBack::new(true);
+    let mut write_back = crate::background::WriteBack::beside_the_control_plane();
     loop {
         match rx.blocking_recv() {
             Some(Some(chunk)) => {
