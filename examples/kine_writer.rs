@@ -4,6 +4,8 @@
 //! milliseconds: `p50 p99 max commits`.
 //!
 //! Usage: cargo run --release --example kine_writer -- DB SECONDS [INTERVAL_MS]
+//! With `KINE_WRITER_TRACE=FILE`, also writes every commit's start and latency
+//! (ms) there, to line slow commits up with what else ran.
 
 #[path = "../tests/common/kine.rs"]
 mod kine;
@@ -35,6 +37,7 @@ fn main() -> Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id().into());
     let mut latencies = Vec::new();
+    let mut trace = Vec::new();
     let started = Instant::now();
     let mut next = started;
     let mut n = 0u64;
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
         )?;
         conn.execute_batch("COMMIT")?;
         latencies.push(begin.elapsed());
+        trace.push((begin - started, begin.elapsed()));
         // A fixed rate, as a control plane's lease renewals: a slow commit is not made up for.
         let now = Instant::now();
         if next > now {
@@ -59,6 +63,19 @@ fn main() -> Result<()> {
         } else {
             next = now;
         }
+    }
+    if let Ok(path) = std::env::var("KINE_WRITER_TRACE") {
+        let lines: String = trace
+            .iter()
+            .map(|(at, took)| {
+                format!(
+                    "{:.1} {:.3}\n",
+                    at.as_secs_f64() * 1000.0,
+                    took.as_secs_f64() * 1000.0
+                )
+            })
+            .collect();
+        std::fs::write(&path, lines).with_context(|| format!("write {path}"))?;
     }
     latencies.sort();
     let at = |q: f64| {
