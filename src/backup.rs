@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use chrono::{SubsecRound, Utc};
 
 use crate::manifest::{self, Manifest};
-use crate::pipeline::Sealing;
+use crate::pipeline::{Fingerprint, Sealing};
 use crate::source::Source;
 use crate::storage::{self, IncompleteBody, Storage, body_channel};
 use crate::vconfig::ConfigSource;
@@ -59,6 +59,66 @@ fn at(stage: Stage) -> impl FnOnce(anyhow::Error) -> BackupError {
     move |error| BackupError { stage, error }
 }
 
+/// What `seal_and_store` stored: the producer's result and both fingerprints.
+pub struct StoredObject<T> {
+    pub facts: T,
+    pub plaintext: Fingerprint,
+    pub stored: Fingerprint,
+}
+
+/// Streams what `produce` writes through zstd and age into object `name`,
+/// on a thread of its own (at `--priority background` it and zstd's workers,
+/// which inherit its class, yield to the control plane). Memory stays at a
+/// few chunks whatever the size. On failure storage keeps nothing of it.
+/// Errors of `produce` are the source's.
+pub async fn seal_and_store<T: Send + 'static>(
+    storage: &dyn Storage,
+    sealing: &Arc<Sealing>,
+    name: &str,
+    thread: &str,
+    produce: impl FnOnce(&mut dyn std::io::Write) -> Result<T> + Send + 'static,
+) -> Result<StoredObject<T>, BackupError> {
+    let (writer, body) = body_channel(CHUNK_SIZE, CHUNK_DEPTH);
+    let seal = Arc::clone(sealing);
+    let producer = crate::background::spawn(thread, move || {
+        let mut source_failed = false;
+        let sealed = seal.seal(writer, |out| {
+            produce(out).inspect_err(|_| source_failed = true)
+        });
+        match sealed {
+            Ok(sealed) => {
+                let finished = sealed.out.finish().context("hand the data to storage");
+                finished
+                    .map(|()| StoredObject {
+                        facts: sealed.facts,
+                        plaintext: sealed.plaintext,
+                        stored: sealed.stored,
+                    })
+                    .map_err(at(Stage::Storage))
+            }
+            Err(err) if source_failed => Err(at(Stage::Source)(err)),
+            Err(err) => Err(at(Stage::Pipeline)(err)),
+        }
+    })
+    .map_err(at(Stage::Pipeline))?;
+    let upload = storage.put(name, body);
+    let (produced, uploaded) = tokio::join!(producer, upload);
+    let produced = produced
+        .context("pipeline panicked")
+        .map_err(at(Stage::Pipeline))
+        .and_then(|r| r);
+    // When storage fails, the pipeline only sees a closed channel: storage's error is the cause.
+    match (produced, uploaded) {
+        (Ok(done), Ok(())) => Ok(done),
+        (_, Err(err)) if !IncompleteBody::is_cause_of(&err) => Err(BackupError {
+            stage: Stage::Storage,
+            error: err.context(format!("store {name} in {}", storage.location())),
+        }),
+        (Err(err), _) => Err(err),
+        (Ok(_), Err(err)) => Err(at(Stage::Storage)(err)),
+    }
+}
+
 /// Takes one backup of `source` into `storage` and returns its manifest.
 /// On failure nothing is left that a reader could mistake for a backup.
 pub async fn take_backup(
@@ -82,11 +142,7 @@ pub async fn take_backup(
     let described = source.describe();
     tracing::info!(backup = %name, source = %described, destination = %storage.location(), "backup started");
 
-    let (writer, body) = body_channel(CHUNK_SIZE, CHUNK_DEPTH);
-    let seal = Arc::clone(&sealing);
-    // A thread of its own: at `--priority background` it and zstd's workers,
-    // which inherit its class, yield to the control plane.
-    let producer = crate::background::spawn("vcbackup-backup", move || {
+    let stored = seal_and_store(storage, &sealing, &name, "vcbackup-backup", move |out| {
         // Read before the snapshot: a change in between makes the recorded
         // value older than the backup, which costs a backup, never a change.
         let semantic = source.semantic_revision().unwrap_or_else(|err| {
@@ -95,40 +151,11 @@ pub async fn take_backup(
             );
             None
         });
-        let mut source_failed = false;
-        let sealed = seal.seal(writer, |out| {
-            source.snapshot(out).inspect_err(|_| source_failed = true)
-        });
-        match sealed {
-            Ok(sealed) => {
-                let finished = sealed.out.finish().context("hand the backup to storage");
-                finished
-                    .map(|()| (sealed.facts, semantic, sealed.plaintext, sealed.stored))
-                    .map_err(at(Stage::Storage))
-            }
-            Err(err) if source_failed => Err(at(Stage::Source)(err)),
-            Err(err) => Err(at(Stage::Pipeline)(err)),
-        }
+        Ok((source.snapshot(out)?, semantic))
     })
-    .map_err(at(Stage::Pipeline))?;
-    let upload = storage.put(&name, body);
-    let (produced, uploaded) = tokio::join!(producer, upload);
-    let produced = produced
-        .context("backup pipeline panicked")
-        .map_err(at(Stage::Pipeline))
-        .and_then(|r| r);
-    // When storage fails, the pipeline only sees a closed channel: storage's error is the cause.
-    let (facts, semantic_revision, plaintext, stored) = match (produced, uploaded) {
-        (Ok(done), Ok(())) => done,
-        (_, Err(err)) if !IncompleteBody::is_cause_of(&err) => {
-            return Err(BackupError {
-                stage: Stage::Storage,
-                error: err.context(format!("store {name} in {}", storage.location())),
-            });
-        }
-        (Err(err), _) => return Err(err),
-        (Ok(_), Err(err)) => return Err(at(Stage::Storage)(err)),
-    };
+    .await?;
+    let ((facts, semantic_revision), plaintext, stored) =
+        (stored.facts, stored.plaintext, stored.stored);
 
     // The config rides along, but a backup is worth keeping without it.
     let config = match vcluster_config.read() {

@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
+use crate::increment::{Chain, IncrementRef};
 use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_SUFFIX, Manifest, rfc3339};
 use crate::records::{self, Record};
 use crate::storage::{self, ObjectInfo, ObjectNotFound, Storage};
@@ -20,6 +21,8 @@ pub struct Catalog {
     pub backups: Vec<Manifest>,
     /// The records beside backups (drills, unchanged marks), oldest first.
     pub records: Vec<Record>,
+    /// Every increment whose manifest is stored (complete), read from names alone.
+    pub increments: Vec<IncrementRef>,
     pub objects: Vec<ObjectInfo>,
 }
 
@@ -38,6 +41,7 @@ pub async fn read(storage: &dyn Storage) -> Result<Catalog> {
         .filter(|key| {
             key.strip_suffix(MANIFEST_SUFFIX)
                 .is_some_and(|b| sizes.contains_key(b))
+                && !crate::increment::is_increment_manifest(key)
         })
         .collect();
     let fetched: Vec<Option<Manifest>> = stream::iter(manifest_keys)
@@ -68,9 +72,17 @@ pub async fn read(storage: &dyn Storage) -> Result<Catalog> {
     }
     backups.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| b.name.cmp(&a.name)));
     let records = records::records(objects.iter().map(|o| o.key.as_str()));
+    // An increment counts once its manifest is stored: written after it.
+    let mut increments: Vec<IncrementRef> = objects
+        .iter()
+        .filter_map(|o| IncrementRef::parse(&o.key))
+        .filter(|i| sizes.contains_key(crate::manifest::manifest_key(&i.name).as_str()))
+        .collect();
+    increments.sort_by(|a, b| (a.captured, &a.name).cmp(&(b.captured, &b.name)));
     Ok(Catalog {
         backups,
         records,
+        increments,
         objects,
     })
 }
@@ -128,4 +140,37 @@ pub fn select<'a>(
                 .unwrap_or_default()
         ),
     }
+}
+
+/// What a restore or an export asks for, with increments: a base and the
+/// increments to apply. `latest` and `--at` follow the chain of the base they
+/// pick; a named backup is that backup alone; a named increment is its chain
+/// up to it.
+pub fn select_chain(catalog: &Catalog, selector: &Selector, location: &str) -> Result<Chain> {
+    if let Selector::Named(name) = selector
+        && let Some(increment) = catalog.increments.iter().find(|i| &i.name == name)
+    {
+        let base = catalog
+            .backups
+            .iter()
+            .find(|m| m.name == increment.base)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "increment {name} in {location} continues {}, which is gone",
+                    increment.base
+                )
+            })?;
+        let chain = Chain::assemble(base, &catalog.increments, Some(increment.captured));
+        if chain.increments.last().map(|i| &i.name) != Some(name) {
+            let missing = chain.gap().unwrap_or_else(|| "it is not reached".into());
+            bail!("restore up to {name}: {missing}");
+        }
+        return Ok(chain);
+    }
+    let base = select(&catalog.backups, selector, location)?;
+    Ok(match selector {
+        Selector::Latest => Chain::assemble(base, &catalog.increments, None),
+        Selector::At(at) => Chain::assemble(base, &catalog.increments, Some(*at)),
+        Selector::Named(_) => Chain::assemble(base, &[], None),
+    })
 }

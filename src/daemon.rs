@@ -5,6 +5,7 @@
 //! so runs never drift and never overlap; a backup that overruns its slot makes
 //! the loop skip (and count) the slots it missed.
 
+mod continuous;
 mod unchanged;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct DaemonConfig {
     pub verify_after_upload: bool,
     /// `--skip-unchanged`, with `--max-unchanged-age`.
     pub skip_unchanged: Option<chrono::TimeDelta>,
+    /// `--incremental-interval`: ship changes between full backups this often.
+    pub incremental_interval: Option<Duration>,
 }
 
 pub async fn run(config: DaemonConfig) -> Result<()> {
@@ -88,6 +91,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         shutdown: &shutdown,
         newest: Mutex::new(None),
         last_mark: Mutex::new(None),
+        chain: Mutex::new(None),
     };
     let result = scheduler.run().await;
     shutdown.token.cancel();
@@ -105,6 +109,8 @@ struct Scheduler<'a> {
     newest: Mutex<Option<crate::manifest::Manifest>>,
     /// The unchanged mark this agent wrote last, replaced by the next.
     last_mark: Mutex<Option<String>>,
+    /// The chain of increments this agent extends (`--incremental-interval`).
+    chain: Mutex<Option<continuous::Chain>>,
 }
 
 enum Outcome {
@@ -120,6 +126,14 @@ impl Scheduler<'_> {
         if catch_up {
             tracing::info!("catching up: taking a backup now (--no-catch-up turns this off)");
         }
+        if let Some(interval) = config.incremental_interval {
+            self.state.metrics.continuous.record_interval(interval);
+            if !catch_up {
+                // Increments continue only a chain this agent started.
+                tracing::info!("continuous backups: taking a full backup now to start a chain");
+                catch_up = true;
+            }
+        }
         loop {
             let now = Utc::now();
             let slot = if catch_up {
@@ -134,18 +148,27 @@ impl Scheduler<'_> {
             self.state.next_run(fire_at);
             // Until then the agent only waits: what start-up or the backup left resident goes.
             crate::footprint::shed();
-            if !self.sleep_until(fire_at).await {
+            if !self.wait_shipping_changes(fire_at).await {
                 break;
             }
             catch_up = false;
-            if let Outcome::Aborted = self.guarded_backup().await {
+            if let Outcome::Aborted = self.guarded_backup(false).await {
                 return Ok(());
             }
             self.count_skipped(slot);
         }
         if config.backup_on_shutdown {
             tracing::info!("taking a final backup before stopping (--backup-on-shutdown)");
-            self.guarded_backup().await;
+            self.guarded_backup(false).await;
+        } else if config.incremental_interval.is_some() {
+            // What changed since the last look goes out before the pod stops.
+            let budget = self.shutdown.deadline(config.shutdown_timeout);
+            if tokio::time::timeout_at(budget, self.ship_changes(true))
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown timeout reached before the last increment was shipped");
+            }
         }
         Ok(())
     }
@@ -193,22 +216,57 @@ impl Scheduler<'_> {
 
     /// Sleeps until `when`, waking regularly; false if shutdown came first.
     async fn sleep_until(&self, when: DateTime<Utc>) -> bool {
+        self.sleep_until_or(when, None).await
+    }
+
+    /// Sleeps until `when` or until `early` is notified; false if shutdown came first.
+    async fn sleep_until_or(
+        &self,
+        when: DateTime<Utc>,
+        early: Option<Arc<tokio::sync::Notify>>,
+    ) -> bool {
         loop {
             self.state.beat();
             let left = (when - Utc::now()).to_std().unwrap_or_default();
             if left.is_zero() {
                 return !self.shutdown.requested();
             }
+            let notified = async {
+                match &early {
+                    Some(early) => early.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(left.min(WAKE)) => {}
+                () = notified => return !self.shutdown.requested(),
                 () = self.shutdown.token.cancelled() => return false,
             }
         }
     }
 
+    /// Waits for the full backup at `slot`, shipping increments every
+    /// interval meanwhile (`--incremental-interval`); false if shutdown came first.
+    async fn wait_shipping_changes(&self, slot: DateTime<Utc>) -> bool {
+        let Some(interval) = self.config.incremental_interval else {
+            return self.sleep_until(slot).await;
+        };
+        loop {
+            let look = continuous::next_look(Utc::now(), interval);
+            if slot <= look {
+                return self.sleep_until(slot).await;
+            }
+            if !self.sleep_until_or(look, self.flush_signal()).await {
+                return false;
+            }
+            self.ship_changes(false).await;
+        }
+    }
+
     /// One backup that a shutdown lets finish within the budget, then aborts.
-    async fn guarded_backup(&self) -> Outcome {
-        let attempt = self.attempt();
+    /// `forced`: the chain of increments needs a new base, whatever `--skip-unchanged` says.
+    async fn guarded_backup(&self, forced: bool) -> Outcome {
+        let attempt = self.attempt(forced);
         tokio::pin!(attempt);
         let mut beat = tokio::time::interval(WAKE);
         loop {
@@ -233,7 +291,7 @@ impl Scheduler<'_> {
         }
     }
 
-    async fn attempt(&self) {
+    async fn attempt(&self, forced: bool) {
         let started = Utc::now();
         let clock = Instant::now();
         let source = match self.open_source().await {
@@ -247,7 +305,7 @@ impl Scheduler<'_> {
             }
         };
         self.state.backup_started(started);
-        let source = match self.config.skip_unchanged {
+        let source = match self.config.skip_unchanged.filter(|_| !forced) {
             Some(max_age) => match self.unless_unchanged(source, max_age).await {
                 Some(source) => source,
                 None => return,
@@ -273,6 +331,7 @@ impl Scheduler<'_> {
                 self.state
                     .backup_succeeded(&manifest, clock.elapsed().as_secs_f64());
                 self.remember_newest(Some(&manifest));
+                self.start_chain(&manifest).await;
                 if let Err(err) = self.apply_retention().await {
                     self.record_failure(Stage::Retention, &err);
                 }

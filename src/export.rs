@@ -15,7 +15,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use tokio_util::io::SyncIoBridge;
 
+use std::sync::Arc;
+
 use crate::catalog::{self, Selector};
+use crate::increment::etcd::Changes;
+use crate::increment::kine::KineApply;
+use crate::increment::{IncrementManifest, apply};
 use crate::keyvalue::{KeyValues, Pair};
 use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
 use crate::pipeline::{Hashing, Identities, unseal};
@@ -79,6 +84,8 @@ struct Opened {
     manifest: Option<Manifest>,
     config: Option<Vec<u8>>,
     what: String,
+    /// The increments to apply after the base, and where they are.
+    increments: Option<(Arc<dyn Storage>, Vec<IncrementManifest>)>,
 }
 
 pub async fn export(
@@ -112,7 +119,7 @@ pub async fn export(
     };
     let opened = match input {
         Input::Stored { storage, selector } => {
-            open_stored(storage.as_ref(), &selector, identities.as_ref()).await?
+            open_stored(Arc::from(storage), &selector, identities.as_ref()).await?
         }
         // A manifest and a config: small reads.
         Input::File(path) => open_file(&path, identities.as_ref())?,
@@ -257,26 +264,33 @@ async fn open_s3_target(text: &str) -> Result<(Box<dyn Storage>, String)> {
 }
 
 async fn open_stored(
-    storage: &dyn Storage,
+    storage: Arc<dyn Storage>,
     selector: &Selector,
     identities: Option<&Identities>,
 ) -> Result<Opened> {
-    let backups = catalog::list_backups(storage).await?;
-    let manifest = catalog::select(&backups, selector, &storage.location())?.clone();
+    let catalog = catalog::read(storage.as_ref()).await?;
+    let chain = catalog::select_chain(&catalog, selector, &storage.location())?;
+    if let Some(gap) = chain.gap() {
+        tracing::warn!("{gap}");
+    }
+    let increments = apply::manifests(storage.as_ref(), &chain).await?;
+    let manifest = chain.base.clone();
     let config = match &manifest.config {
         Some(saved) => {
-            let sealed = storage::get_bytes(storage, &saved.name, CONFIG_MAX_BYTES).await?;
+            let sealed =
+                storage::get_bytes(storage.as_ref(), &saved.name, CONFIG_MAX_BYTES).await?;
             Some(open_config(&sealed, &manifest, identities, &saved.name)?)
         }
         None => None,
     };
     let reader = storage.get(&manifest.name).await?;
-    tracing::info!(backup = %manifest.name, "exporting");
+    tracing::info!(export = %chain.describe(), "exporting");
     Ok(Opened {
         reader: Box::new(SyncIoBridge::new(reader)),
-        what: manifest.name.clone(),
+        what: chain.describe(),
         manifest: Some(manifest),
         config,
+        increments: Some((storage, increments)),
     })
 }
 
@@ -324,6 +338,7 @@ fn open_file(path: &Path, identities: Option<&Identities>) -> Result<Opened> {
         manifest,
         config,
         what,
+        increments: None,
     })
 }
 
@@ -423,6 +438,7 @@ fn produce(
         reader,
         manifest,
         what,
+        increments,
         ..
     } = opened;
     // A directory only we can enter: the plaintext is the whole store.
@@ -455,6 +471,18 @@ fn produce(
             );
         }
     }
+    let base_revision = manifest.as_ref().and_then(|m| m.revision).unwrap_or(0);
+    let changes = match increments {
+        Some((storage, increments)) if !increments.is_empty() => apply_increments(
+            storage.as_ref(),
+            &increments,
+            identities.as_ref(),
+            &plain,
+            base_revision,
+            &what,
+        )?,
+        _ => None,
+    };
     let pairs = KeyValues::open(&plain, scratch.path()).with_context(|| format!("read {what}"))?;
     if pairs.kind() == SourceKind::Etcd && manifest.is_none() {
         let file =
@@ -465,7 +493,48 @@ fn produce(
     let mtime = manifest
         .as_ref()
         .map_or(0, |m| m.started.timestamp().max(0) as u64);
-    write_archive(out, release.as_deref(), pairs, mtime).with_context(|| format!("export {what}"))
+    match changes {
+        Some(changes) => write_archive(out, release.as_deref(), changes.overlay(pairs), mtime),
+        None => write_archive(out, release.as_deref(), pairs, mtime),
+    }
+    .with_context(|| format!("export {what}"))
+}
+
+/// Applies a chain's increments to the decrypted base at `plain`: kine rows go
+/// into the database; etcd events come back as changes to lay over its pairs.
+/// Runs on a blocking thread of the runtime (each increment is fetched with `block_on`).
+fn apply_increments(
+    storage: &dyn Storage,
+    increments: &[IncrementManifest],
+    identities: Option<&Identities>,
+    plain: &Path,
+    base_revision: i64,
+    what: &str,
+) -> Result<Option<Changes>> {
+    let runtime = tokio::runtime::Handle::current();
+    let fetch = |m: &IncrementManifest| -> Result<SyncIoBridge<crate::storage::ObjectReader>> {
+        let reader = runtime.block_on(storage.get(&m.name))?;
+        Ok(SyncIoBridge::new_with_handle(reader, runtime.clone()))
+    };
+    match crate::keyvalue::detect(plain)? {
+        SourceKind::Sqlite => {
+            let mut kine = KineApply::open(plain, base_revision, what)?;
+            for m in increments {
+                apply::read_checked(fetch(m)?, m, identities, |lines| kine.apply(lines, &m.name))?;
+            }
+            kine.finish(what)?;
+            Ok(None)
+        }
+        SourceKind::Etcd => {
+            let mut changes = Changes::new(base_revision);
+            for m in increments {
+                apply::read_checked(fetch(m)?, m, identities, |lines| {
+                    changes.apply(lines, &m.name)
+                })?;
+            }
+            Ok(Some(changes))
+        }
+    }
 }
 
 fn copy(input: &mut impl Read, out: &mut impl Write, what: &str) -> Result<u64> {

@@ -16,6 +16,7 @@ mod export;
 mod fleet;
 mod footprint;
 mod http;
+mod increment;
 mod keyvalue;
 mod listing;
 mod manifest;
@@ -159,48 +160,53 @@ async fn decrypt(args: cli::DecryptArgs) -> Result<()> {
 }
 
 async fn restore(args: cli::RestoreArgs) -> Result<()> {
-    let mut selector = args.selector()?;
+    let selector = args.selector()?;
     let identities = args.identity.load()?;
-    let (_, storage) = args.storage.open().await?;
-    let config = match &args.config_out {
-        Some(path) => {
-            if path.exists() && !args.force {
-                anyhow::bail!(
-                    "write {}: the file exists; pass --force to replace it",
-                    path.display()
-                );
-            }
-            let (pinned, yaml) =
-                vconfig::fetch_saved(storage.as_ref(), &selector, identities.as_ref(), path)
-                    .await?;
-            selector = pinned;
-            Some((path.clone(), yaml))
-        }
-        None => None,
-    };
     let options = restore::RestoreOptions {
         to: args.to,
         force: args.force,
         if_missing: args.if_missing,
         bump_revision: args.bump_revision,
         integrity_check: args.integrity_check,
+        base_only: args.base_only,
     };
-    match restore::restore(storage.as_ref(), &selector, identities, &options).await? {
-        restore::Restored::Done(manifest) => {
-            eprintln!("restored {} to {}", manifest.name, options.to.display());
-            if let Some((path, yaml)) = config {
-                vconfig::write_config(&path, &yaml, args.force)?;
-                eprintln!(
-                    "wrote the vCluster config of {} to {}",
-                    manifest.name,
-                    path.display()
-                );
-            }
-        }
-        restore::Restored::Kept => eprintln!(
+    if !restore::may_write(&options)? {
+        eprintln!(
             "{} exists; nothing restored (--if-missing)",
             options.to.display()
+        );
+        return Ok(());
+    }
+    if let Some(path) = &args.config_out
+        && path.exists()
+        && !args.force
+    {
+        anyhow::bail!(
+            "write {}: the file exists; pass --force to replace it",
+            path.display()
+        );
+    }
+    let (_, storage) = args.storage.open().await?;
+    let catalog = catalog::read(storage.as_ref()).await?;
+    let chain = catalog::select_chain(&catalog, &selector, &storage.location())?;
+    let config = match &args.config_out {
+        Some(path) => Some(
+            vconfig::fetch_saved(storage.as_ref(), &chain.base, identities.as_ref(), path).await?,
         ),
+        None => None,
+    };
+    let chain = restore::restore(storage.as_ref(), chain, identities, &options).await?;
+    eprintln!("restored {} to {}", chain.describe(), options.to.display());
+    if let Some(gap) = chain.gap() {
+        eprintln!("warning: {gap}");
+    }
+    if let (Some(path), Some(yaml)) = (&args.config_out, config) {
+        vconfig::write_config(path, &yaml, args.force)?;
+        eprintln!(
+            "wrote the vCluster config of {} to {}",
+            chain.base.name,
+            path.display()
+        );
     }
     Ok(())
 }

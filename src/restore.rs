@@ -11,8 +11,11 @@ use anyhow::{Context, Result, bail};
 use tempfile::NamedTempFile;
 use tokio_util::io::SyncIoBridge;
 
-use crate::catalog::{self, Selector};
-use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
+use std::sync::Arc;
+
+use crate::increment::kine::KineApply;
+use crate::increment::{Chain, apply};
+use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key, rfc3339};
 use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, unseal};
 use crate::source::kine;
 use crate::storage::Storage;
@@ -25,29 +28,19 @@ pub struct RestoreOptions {
     /// How far to move kine's revision forward, so watchers never see it go back.
     pub bump_revision: u64,
     pub integrity_check: kine::IntegrityCheck,
+    /// Restore an etcd snapshot without the increments that follow it.
+    pub base_only: bool,
 }
 
-/// What `restore` did.
-pub enum Restored {
-    Done(Box<Manifest>),
-    /// `--if-missing` and the target exists.
-    Kept,
-}
-
-/// Restores the backup `selector` picks into `options.to`: decoded beside it,
-/// verified against the manifest, then renamed into place.
-pub async fn restore(
-    storage: &dyn Storage,
-    selector: &Selector,
-    identities: Option<Identities>,
-    options: &RestoreOptions,
-) -> Result<Restored> {
+/// Whether the target may be written: `Ok(false)` when `--if-missing` keeps
+/// what is there. Checked before anything is downloaded.
+pub fn may_write(options: &RestoreOptions) -> Result<bool> {
     let target = &options.to;
     match occupant(target, "restore to")? {
-        Occupant::Nothing => {}
+        Occupant::Nothing => Ok(true),
         Occupant::File if options.if_missing => {
             tracing::info!(target = %target.display(), "restore target exists; nothing to do (--if-missing)");
-            return Ok(Restored::Kept);
+            Ok(false)
         }
         Occupant::File if !options.force => bail!(
             "restore to {}: the file exists; pass --force to replace it, or --if-missing to keep it",
@@ -59,27 +52,90 @@ pub async fn restore(
             target.display(),
             points_to.display()
         ),
-        Occupant::File | Occupant::DanglingLink(_) => {}
+        Occupant::File | Occupant::DanglingLink(_) => Ok(true),
     }
-    let backups = catalog::list_backups(storage).await?;
-    let manifest = catalog::select(&backups, selector, &storage.location())?.clone();
-    let reader = storage.get(&manifest.name).await?;
-    tracing::info!(backup = %manifest.name, target = %target.display(), "restoring");
+}
 
-    let target = target.clone();
-    let force = options.force;
-    let bump = options.bump_revision;
-    let check = options.integrity_check;
-    let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest> {
-        let what = manifest.name.clone();
-        let mut input = CheckStored::new(SyncIoBridge::new(reader), stored(&manifest), &what);
+/// Restores `chain` into `options.to`: the base decoded beside it and
+/// verified against its manifest, each increment verified and applied (kine),
+/// then renamed into place. Returns the chain as restored.
+pub async fn restore(
+    storage: &dyn Storage,
+    mut chain: Chain,
+    identities: Option<Identities>,
+    options: &RestoreOptions,
+) -> Result<Chain> {
+    let manifest = chain.base.clone();
+    if manifest.kind == SourceKind::Etcd && !chain.increments.is_empty() {
+        if !options.base_only {
+            bail!(
+                "restore {}: {} increment(s) up to revision {} ({}) follow this etcd snapshot, and a snapshot file cannot hold them; `vcbackup export --at {}` writes vCluster's archive with them, or pass --base-only to restore the snapshot alone (revision {})",
+                manifest.name,
+                chain.increments.len(),
+                chain.revision().unwrap_or(0),
+                rfc3339(chain.captured()),
+                rfc3339(chain.captured()),
+                manifest.revision.unwrap_or(0)
+            );
+        }
+        chain.increments.clear();
+    }
+    // Every manifest first: a missing or foreign one fails before any download.
+    let increments = apply::manifests(storage, &chain).await?;
+    let identities = identities.map(Arc::new);
+    let reader = storage.get(&manifest.name).await?;
+    tracing::info!(restore = %chain.describe(), target = %options.to.display(), "restoring");
+
+    let target = options.to.clone();
+    let keys = identities.clone();
+    let base = manifest.clone();
+    let temp = tokio::task::spawn_blocking(move || -> Result<NamedTempFile> {
+        let what = base.name.clone();
+        let mut input = CheckStored::new(SyncIoBridge::new(reader), stored(&base), &what);
         // A wrong key fails here, before reading the object: no need to drain it.
-        let plaintext = unseal(&mut input, identities.as_ref(), &what)?;
-        let decoded = decode_beside(&target, plaintext, &what, Some(manifest.size));
+        let plaintext = unseal(&mut input, keys.as_deref(), &what)?;
+        let decoded = decode_beside(&target, plaintext, &what, Some(base.size));
         // A damaged or swapped object is named as such, rather than what decoding made of it.
         input.finish()?;
         let (temp, fingerprint) = decoded?;
-        verify_fingerprint(&fingerprint, &manifest, &what)?;
+        verify_fingerprint(&fingerprint, &base, &what)?;
+        Ok(temp)
+    })
+    .await
+    .context("restore panicked")??;
+
+    if !increments.is_empty() {
+        let path = temp.path().to_path_buf();
+        let what = manifest.name.clone();
+        let revision = manifest.revision.unwrap_or(0);
+        let applier = tokio::task::spawn_blocking(move || KineApply::open(&path, revision, &what))
+            .await
+            .context("restore panicked")??;
+        let applier = apply::each(
+            storage,
+            &increments,
+            identities,
+            applier,
+            |applier, lines, m| applier.apply(lines, &m.name).map(drop),
+        )
+        .await?;
+        let what = manifest.name.clone();
+        let reached = tokio::task::spawn_blocking(move || applier.finish(&what))
+            .await
+            .context("restore panicked")??;
+        tracing::info!(
+            revision = reached,
+            increments = increments.len(),
+            "increments applied"
+        );
+    }
+
+    let target = options.to.clone();
+    let force = options.force;
+    let bump = options.bump_revision;
+    let check = options.integrity_check;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let what = manifest.name.clone();
         match manifest.kind {
             SourceKind::Sqlite => kine::prepare_restored(
                 temp.path(),
@@ -90,12 +146,11 @@ pub async fn restore(
             )?,
             SourceKind::Etcd => crate::source::check_restored_snapshot(temp.path(), &what)?,
         }
-        install(temp, &target, force)?;
-        Ok(manifest)
+        install(temp, &target, force)
     })
     .await
     .context("restore panicked")??;
-    Ok(Restored::Done(Box::new(manifest)))
+    Ok(chain)
 }
 
 /// Where `decrypt` reads and writes, and whether it may replace its output.

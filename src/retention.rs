@@ -102,9 +102,24 @@ impl Dated for crate::manifest::Manifest {
     }
 }
 
+/// A backup with the chain of increments that follows it: retention keeps or
+/// deletes them together, and a chain counts as old as its newest increment
+/// (a point in time inside the period needs the base it starts from).
+#[derive(Clone)]
+struct WithChain<'a> {
+    backup: &'a crate::manifest::Manifest,
+    newest: DateTime<Utc>,
+}
+
+impl Dated for WithChain<'_> {
+    fn created(&self) -> DateTime<Utc> {
+        self.newest
+    }
+}
+
 /// Plans retention over the backups in `storage` and, unless `dry_run`,
-/// deletes what the plan says. Only this virtual cluster's own backups are
-/// considered: the catalog lists nothing else.
+/// deletes what the plan says, each backup with its increments. Only this
+/// virtual cluster's own backups are considered: the catalog lists nothing else.
 pub async fn prune(
     storage: &dyn crate::storage::Storage,
     policy: &RetentionPolicy,
@@ -112,7 +127,28 @@ pub async fn prune(
     dry_run: bool,
 ) -> anyhow::Result<RetentionPlan<crate::manifest::Manifest>> {
     let catalog = crate::catalog::read(storage).await?;
-    let plan = plan(&catalog.backups, policy, now);
+    let chains: Vec<WithChain> = catalog
+        .backups
+        .iter()
+        .map(|backup| WithChain {
+            backup,
+            newest: catalog
+                .increments
+                .iter()
+                .filter(|i| i.base == backup.name)
+                .map(|i| i.captured)
+                .fold(backup.started, DateTime::max),
+        })
+        .collect();
+    let planned = plan(&chains, policy, now);
+    let plan = RetentionPlan {
+        keep: planned.keep.iter().map(|c| c.backup.clone()).collect(),
+        delete: planned
+            .delete
+            .iter()
+            .map(|(c, reason)| (c.backup.clone(), *reason))
+            .collect(),
+    };
     if !dry_run {
         for (backup, reason) in &plan.delete {
             // Manifest first: once it is gone the backup is no longer listed, so
@@ -125,11 +161,45 @@ pub async fn prune(
             for record in catalog.records.iter().filter(|r| r.backup == backup.name) {
                 storage.delete(&record.key).await?;
             }
-            tracing::info!(backup = %backup.name, %reason, "retention deleted backup");
+            let increments =
+                delete_increments(storage, &catalog, |base| base == backup.name).await?;
+            tracing::info!(backup = %backup.name, increments, %reason, "retention deleted backup");
         }
         delete_orphaned_records(storage, &catalog).await?;
+        // Increments whose base is gone (a deletion cut off) are never applied.
+        let present: std::collections::HashSet<&str> =
+            catalog.objects.iter().map(|o| o.key.as_str()).collect();
+        let orphans = delete_increments(storage, &catalog, |base| !present.contains(base)).await?;
+        if orphans > 0 {
+            tracing::info!(orphans, "retention deleted increments whose base is gone");
+        }
     }
     Ok(plan)
+}
+
+/// Deletes the increments (manifest first, then the object) whose base
+/// `doomed` picks, those without a manifest too; returns how many.
+async fn delete_increments(
+    storage: &dyn crate::storage::Storage,
+    catalog: &crate::catalog::Catalog,
+    doomed: impl Fn(&str) -> bool,
+) -> anyhow::Result<usize> {
+    let mut deleted = 0;
+    for object in &catalog.objects {
+        let Some(increment) = crate::increment::IncrementRef::parse(&object.key) else {
+            continue;
+        };
+        if !doomed(&increment.base) {
+            continue;
+        }
+        let manifest = crate::manifest::manifest_key(&increment.name);
+        if catalog.objects.iter().any(|o| o.key == manifest) {
+            storage.delete(&manifest).await?;
+        }
+        storage.delete(&increment.name).await?;
+        deleted += 1;
+    }
+    Ok(deleted)
 }
 
 /// Records whose backup is gone: left by a deletion that was cut off, or

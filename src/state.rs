@@ -44,6 +44,9 @@ pub struct Status {
     /// Newest first, at most `RECENT_FAILURES`: a flapping destination shows as a pattern.
     pub recent_failures: Vec<Failure>,
     pub recent_backups: Vec<RecentBackup>,
+    /// Seconds since every change was last seen shipped (`--incremental-interval`); absent
+    /// while continuous backups are off or before the first chain starts.
+    pub rpo_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +106,7 @@ impl State {
                 last_failure: None,
                 recent_failures: Vec::new(),
                 recent_backups: Vec::new(),
+                rpo_seconds: None,
             }),
         })
     }
@@ -128,10 +132,13 @@ impl State {
     }
 
     pub fn status(&self) -> Status {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        status.rpo_seconds = self.metrics.continuous.rpo_seconds(Utc::now());
+        status
     }
 
     fn update(&self, change: impl FnOnce(&mut Status)) {

@@ -165,13 +165,10 @@ pub fn write_config(path: &Path, yaml: &[u8], force: bool) -> Result<()> {
 /// fetches it before the restore, so a backup without one fails first.
 pub async fn fetch_saved(
     storage: &dyn crate::storage::Storage,
-    selector: &crate::catalog::Selector,
+    manifest: &crate::manifest::Manifest,
     identities: Option<&crate::pipeline::Identities>,
     out: &Path,
-) -> Result<(crate::catalog::Selector, Vec<u8>)> {
-    use crate::catalog;
-    let backups = catalog::list_backups(storage).await?;
-    let manifest = catalog::select(&backups, selector, &storage.location())?;
+) -> Result<Vec<u8>> {
     let saved = manifest.config.as_ref().with_context(|| {
         format!(
             "--config-out {}: backup {} has no saved vCluster config (taken without /var/lib/vcluster/config.yaml, or by an older vcbackup)",
@@ -180,6 +177,5 @@ pub async fn fetch_saved(
         )
     })?;
     let sealed = crate::storage::get_bytes(storage, &saved.name, CONFIG_MAX_BYTES).await?;
-    let yaml = crate::export::open_config(&sealed, manifest, identities, &saved.name)?;
-    Ok((catalog::Selector::Named(manifest.name.clone()), yaml))
+    crate::export::open_config(&sealed, manifest, identities, &saved.name)
 }

@@ -183,6 +183,13 @@ pub struct RunArgs {
     #[command(flatten)]
     pub skip: SkipArgs,
 
+    /// Continuous backups: between full backups, ship what changed in the store (kine rows,
+    /// etcd events) this often (e.g. `30s`) as increments of the newest full backup, so a
+    /// restore loses at most about one interval. An interval without changes ships nothing.
+    /// Off by default; see the README's "Continuous backups".
+    #[arg(long, env = "VCBACKUP_INCREMENTAL_INTERVAL", value_name = "DURATION", value_parser = parse_interval)]
+    pub incremental_interval: Option<Duration>,
+
     /// Address (IP:PORT) for /metrics, /livez, /readyz and /status.
     #[arg(
         long,
@@ -327,6 +334,15 @@ pub(super) fn parse_delta(text: &str) -> Result<chrono::TimeDelta> {
     chrono::TimeDelta::from_std(age).with_context(|| format!("{text:?} is too long"))
 }
 
+/// `--incremental-interval`: at least a second, so the agent never busy-polls.
+fn parse_interval(text: &str) -> Result<Duration> {
+    let interval = schedule::parse_duration(text)?;
+    if interval < Duration::from_secs(1) {
+        anyhow::bail!("{text:?} is shorter than 1s");
+    }
+    Ok(interval)
+}
+
 fn parse_age(text: &str) -> Result<Age> {
     Ok(Age {
         delta: parse_delta(text)?,
@@ -359,6 +375,7 @@ impl RunArgs {
                 .skip
                 .skip_unchanged
                 .then_some(self.skip.max_unchanged_age),
+            incremental_interval: self.incremental_interval,
             vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
             vcluster: target.vcluster,
         })

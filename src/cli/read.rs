@@ -55,11 +55,14 @@ pub struct DecryptArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The backup to restore: a name from `vcbackup list`, or `latest`.
+    /// The backup to restore: `latest` (the newest backup and the increments after it), a
+    /// backup's name from `vcbackup list` (that backup alone), or an increment's name (its
+    /// backup and the increments up to it).
     #[arg(value_name = "NAME|latest", default_value = "latest")]
     pub backup: String,
 
-    /// Restore the newest backup taken at or before this time (RFC 3339, e.g. 2026-11-20T08:00:00Z).
+    /// Restore the state at this time (RFC 3339, e.g. 2026-11-20T08:00:00Z): the newest backup
+    /// taken at or before it, plus its increments read up to it.
     #[arg(long, env = "VCBACKUP_RESTORE_AT", value_name = "TIME", value_parser = parse_time)]
     pub at: Option<DateTime<Utc>>,
 
@@ -91,6 +94,11 @@ pub struct RestoreArgs {
     #[arg(long, env = "VCBACKUP_RESTORE_INTEGRITY_CHECK", value_enum, default_value_t = IntegrityCheck::Quick)]
     pub integrity_check: IntegrityCheck,
 
+    /// For an etcd backup followed by increments: restore the snapshot alone (a snapshot file
+    /// cannot hold the increments; `vcbackup export --at` writes an archive with them).
+    #[arg(long, env = "VCBACKUP_RESTORE_BASE_ONLY")]
+    pub base_only: bool,
+
     #[command(flatten)]
     pub storage: StorageArgs,
 
@@ -104,7 +112,8 @@ pub struct ExportArgs {
     #[arg(value_name = "NAME|latest")]
     pub backup: Option<String>,
 
-    /// Export the newest backup taken at or before this time (RFC 3339).
+    /// Export the state at this time (RFC 3339): the newest backup taken at or before it, plus
+    /// its increments read up to it. `latest` includes every increment after the newest backup.
     #[arg(long, env = "VCBACKUP_EXPORT_AT", value_name = "TIME", value_parser = parse_time)]
     pub at: Option<DateTime<Utc>>,
 

@@ -80,6 +80,8 @@ pub struct Metrics {
     skipped_runs: IntCounter,
     schedule_interval: Gauge,
     standby: IntGauge,
+    /// `run --incremental-interval`.
+    pub continuous: continuous::ContinuousMetrics,
 }
 
 impl Metrics {
@@ -203,6 +205,7 @@ impl Metrics {
             "1 while this agent stands by because another replica's agent backs up (--ha).",
         )?;
         registry.register(Box::new(standby.clone()))?;
+        let continuous = continuous::ContinuousMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             verifications,
@@ -220,6 +223,7 @@ impl Metrics {
             skipped_runs,
             schedule_interval,
             standby,
+            continuous,
         })
     }
 
@@ -316,6 +320,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> Result<(String, Vec<u8>)> {
+        self.continuous.refresh(Utc::now());
         let encoder = TextEncoder::new();
         let mut out = Vec::new();
         encoder.encode(&self.registry.gather(), &mut out)?;
@@ -323,6 +328,7 @@ impl Metrics {
     }
 }
 
+pub mod continuous;
 pub mod fleet;
 #[cfg(target_os = "linux")]
 mod process;

@@ -170,6 +170,17 @@ impl Source for EtcdSource {
         self.endpoint.clone()
     }
 
+    fn changes_after(
+        self: Box<Self>,
+        revision: i64,
+    ) -> Result<Option<Box<dyn crate::increment::feed::Feed>>> {
+        Ok(Some(Box::new(crate::increment::etcd::EtcdFeed::start(
+            self.client.clone(),
+            &self.runtime,
+            revision,
+        ))))
+    }
+
     fn semantic_revision(&mut self) -> Result<Option<SemanticRevision>> {
         let runtime = self.runtime.clone();
         runtime.block_on(self.semantic()).map(Some)

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::increment::feed::Feed;
 use crate::manifest::{EtcdFacts, SemanticRevision, SourceKind};
 
 pub use bolt::{BoltFile, RevisionScanner, ValueAt};
@@ -49,6 +50,13 @@ pub trait Source: Send {
     /// Why another replica's agent takes this slot's backup, or `None` when
     /// this agent should. Runs on a blocking thread.
     fn standby(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// The store's changes after `revision` (a full backup's), for continuous
+    /// backups; `None` where the store cannot tell them. Runs on a blocking thread.
+    fn changes_after(self: Box<Self>, revision: i64) -> Result<Option<Box<dyn Feed>>> {
+        let _ = revision;
         Ok(None)
     }
 }

@@ -57,6 +57,15 @@ impl SqliteSource {
         })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The read-only connection: continuous backups read rows through it.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     fn has_kine_table(&self) -> Result<bool> {
         let count: i64 = self.conn.query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'kine'",
@@ -114,6 +123,16 @@ impl Source for SqliteSource {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn changes_after(
+        self: Box<Self>,
+        _revision: i64,
+    ) -> Result<Option<Box<dyn crate::increment::feed::Feed>>> {
+        if !self.has_kine_table()? {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(crate::increment::kine::KineFeed::new(*self))))
     }
 
     fn snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts> {

@@ -99,6 +99,17 @@ impl Drills<'_> {
                 ));
             }
             super::store(self.storage, &report, &catalog.records).await?;
+            let chain = crate::increment::Chain::assemble(manifest, &catalog.increments, None);
+            let encrypted = manifest.encryption.is_some();
+            if let Some(chain) =
+                super::chain::check(self.storage, &chain, self.identities.clone(), encrypted)
+                    .await?
+            {
+                println!("{}", chain.line);
+                if let Some(failure) = chain.failure {
+                    failures.push(format!("chain of {}: {failure}", manifest.name));
+                }
+            }
         }
         Ok(())
     }

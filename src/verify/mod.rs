@@ -6,6 +6,7 @@
 //! leaves a record beside the backup (`records`), named with its time, mode
 //! and result, so `list` and `fleet` show it from a listing.
 
+pub mod chain;
 mod checks;
 mod command;
 

@@ -1,0 +1,164 @@
+//! `run --incremental-interval`: between scheduled full backups, every
+//! interval the agent looks at the store and ships what changed since the
+//! revision it shipped last, as an increment of the chain of the newest full
+//! backup it took. An interval without changes ships nothing. When the chain
+//! cannot continue (compaction passed the revision shipped last, the store
+//! went back, the etcd watch was lost), the agent takes a full backup at once
+//! and starts a new chain on it.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+use super::Scheduler;
+use crate::increment::feed::{Feed, Poll};
+use crate::increment::ship::{self, ChainHead};
+use crate::manifest::Manifest;
+
+/// The chain this agent extends.
+pub(super) struct Chain {
+    head: ChainHead,
+    feed: Arc<Mutex<Box<dyn Feed>>>,
+}
+
+impl Chain {
+    pub(super) fn flush_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.feed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush_signal()
+    }
+}
+
+impl Scheduler<'_> {
+    /// After a full backup: its changes from now on are this agent's to ship.
+    pub(super) async fn start_chain(&self, base: &Manifest) {
+        if self.config.incremental_interval.is_none() {
+            return;
+        }
+        let Some(head) = ChainHead::on(base) else {
+            tracing::warn!(backup = %base.name, "the backup records no revision: no increments can follow it");
+            return;
+        };
+        let spec = self.config.source.clone();
+        let revision = head.shipped;
+        let feed = tokio::task::spawn_blocking(move || spec.open()?.changes_after(revision)).await;
+        let feed = match feed {
+            Ok(Ok(Some(feed))) => feed,
+            Ok(Ok(None)) => {
+                tracing::warn!(backup = %base.name, "this store cannot tell its changes: no increments follow the backup");
+                return;
+            }
+            Ok(Err(err)) => {
+                tracing::error!(backup = %base.name, "start following changes after the backup: {err:#}");
+                return;
+            }
+            Err(err) => {
+                tracing::error!("start following changes: {err}");
+                return;
+            }
+        };
+        tracing::info!(base = %base.name, revision, "increments follow this backup");
+        self.state.metrics.continuous.record_in_sync(base.started);
+        *self.chain.lock().unwrap_or_else(|e| e.into_inner()) = Some(Chain {
+            head,
+            feed: Arc::new(Mutex::new(feed)),
+        });
+    }
+
+    pub(super) fn flush_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.chain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(Chain::flush_signal)
+    }
+
+    /// One look at the store: ships an increment, or nothing, or takes a full
+    /// backup when the chain cannot continue. `last` (at shutdown) only ships.
+    pub(super) async fn ship_changes(&self, last: bool) {
+        let taken = self.chain.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut chain) = taken else {
+            if !last {
+                tracing::info!("no chain of increments to continue: taking a full backup");
+                self.state
+                    .metrics
+                    .continuous
+                    .record_forced_full("no_chain", Utc::now());
+                self.guarded_backup(true).await;
+            }
+            return;
+        };
+        // The read starts after this time, so the increment holds every change up to it.
+        let captured = Utc::now().trunc_subsecs(3);
+        let polled = ship::poll(&chain.feed, chain.head.shipped).await;
+        let metrics = &self.state.metrics.continuous;
+        match polled {
+            Err(err) => {
+                metrics.record_failed();
+                tracing::error!(base = %chain.head.base, "read the store's changes: {err:#}");
+            }
+            Ok(Poll::Nothing) => metrics.record_in_sync(captured),
+            Ok(Poll::NeedFull(reason)) => {
+                metrics.record_forced_full(reason.label(), Utc::now());
+                if last {
+                    tracing::warn!("{reason}; the next start takes a full backup");
+                    return;
+                }
+                tracing::warn!("{reason}: taking a full backup now");
+                drop(chain);
+                self.guarded_backup(true).await;
+                return;
+            }
+            Ok(Poll::Changes {
+                first,
+                last: last_revision,
+                compact,
+            }) => {
+                let shipped = ship::ship(
+                    Arc::clone(&chain.feed),
+                    &chain.head,
+                    captured,
+                    (first, last_revision, compact),
+                    &self.config.sealing,
+                    self.storage,
+                    &self.config.vcluster,
+                )
+                .await;
+                match shipped {
+                    Ok(manifest) => {
+                        chain.head.shipped = manifest.last_revision;
+                        metrics.record_shipped(manifest.captured, manifest.stored_size);
+                        tracing::info!(
+                            increment = %manifest.name,
+                            first_revision = manifest.first_revision,
+                            last_revision = manifest.last_revision,
+                            changes = manifest.count,
+                            stored_size = manifest.stored_size,
+                            "increment shipped"
+                        );
+                    }
+                    Err(err) => {
+                        metrics.record_failed();
+                        tracing::error!(
+                            stage = err.stage.as_str(),
+                            base = %chain.head.base,
+                            "increment failed (retried next interval): {:#}",
+                            err.error
+                        );
+                    }
+                }
+            }
+        }
+        let mut slot = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        // A full backup in between started a newer chain: that one wins.
+        if slot.is_none() {
+            *slot = Some(chain);
+        }
+    }
+}
+
+/// When the next look is due after one at `from`.
+pub(super) fn next_look(from: DateTime<Utc>, interval: std::time::Duration) -> DateTime<Utc> {
+    from + chrono::TimeDelta::from_std(interval).unwrap_or(chrono::TimeDelta::MAX)
+}

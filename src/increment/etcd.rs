@@ -1,0 +1,338 @@
+//! etcd's increments: a watch on every key from the base snapshot's revision
+//! + 1 (read from the snapshot itself, so the first increment neither
+//! overlaps the snapshot nor leaves a hole: etcd-backup-restore #1044). Events
+//! collect in memory until the next interval, or until `FLUSH_BYTES` wakes
+//! the agent early. A compaction or a broken watch ends the chain: the agent
+//! takes a full snapshot (etcd-backup-restore #599: a watch from a compacted
+//! revision stalls). Revisions must follow each other without a hole, or the
+//! chain ends too.
+//!
+//! On the way back, the events of a chain fold into the final value (or
+//! deletion) of each key they touched, which `Overlay` lays over the base
+//! snapshot's key/value view. Memory grows with the keys changed since the
+//! base, not with the store.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, bail};
+use etcd_client::{Client, EventType, WatchOptions};
+use tokio::sync::Notify;
+
+use super::feed::{Feed, FullReason, Poll};
+use super::format::{EtcdEvent, EventKind, Header, Reader, Writer};
+use crate::keyvalue::Pair;
+
+/// Buffered event bytes that wake the agent before the interval ends.
+pub const FLUSH_BYTES: usize = 8 << 20;
+/// Beyond this many buffered bytes the watch gives up (the agent was not
+/// shipping): a full snapshot is cheaper than unbounded memory.
+const MAX_BYTES: usize = 256 << 20;
+
+#[derive(Default)]
+struct Pending {
+    events: Vec<EtcdEvent>,
+    bytes: usize,
+    lost: Option<String>,
+    /// The newest revision received.
+    received: i64,
+}
+
+/// The watch, running on the runtime, and what it collected.
+pub struct EtcdFeed {
+    pending: Arc<Mutex<Pending>>,
+    flush: Arc<Notify>,
+    /// The events the last poll took, for `write`.
+    taken: Vec<EtcdEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EtcdFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EtcdFeed {
+    /// Starts watching every key from `revision + 1` (the base's revision).
+    pub fn start(client: Client, runtime: &tokio::runtime::Handle, revision: i64) -> Self {
+        let pending = Arc::new(Mutex::new(Pending {
+            received: revision,
+            ..Pending::default()
+        }));
+        let flush = Arc::new(Notify::new());
+        let task = runtime.spawn(watch(
+            client,
+            revision + 1,
+            Arc::clone(&pending),
+            Arc::clone(&flush),
+        ));
+        EtcdFeed {
+            pending,
+            flush,
+            taken: Vec::new(),
+            task,
+        }
+    }
+}
+
+async fn watch(mut client: Client, from: i64, pending: Arc<Mutex<Pending>>, flush: Arc<Notify>) {
+    let lose = |why: String| {
+        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.lost.get_or_insert(why);
+    };
+    let options = WatchOptions::new()
+        .with_all_keys()
+        .with_start_revision(from);
+    let mut stream = match client.watch(vec![0u8], Some(options)).await {
+        Ok(stream) => stream,
+        Err(err) => return lose(format!("start the watch from revision {from}: {err}")),
+    };
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return lose("the server ended the watch".into()),
+            Err(err) => return lose(format!("the watch broke: {err}")),
+        };
+        if response.compact_revision() > 0 {
+            return lose(format!(
+                "revisions before {} were compacted before they were shipped",
+                response.compact_revision()
+            ));
+        }
+        if response.canceled() {
+            return lose(format!(
+                "the server cancelled the watch: {}",
+                response.cancel_reason()
+            ));
+        }
+        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let revision = kv.mod_revision();
+            // One revision may carry several events (a transaction); the next must follow.
+            if revision != pending.received && revision != pending.received + 1 {
+                let why = format!(
+                    "the watch jumped from revision {} to {revision}",
+                    pending.received
+                );
+                pending.lost.get_or_insert(why);
+                return;
+            }
+            pending.received = revision;
+            let put = event.event_type() == EventType::Put;
+            let event = EtcdEvent {
+                revision,
+                kind: if put {
+                    EventKind::Put
+                } else {
+                    EventKind::Delete
+                },
+                key: Some(kv.key().to_vec()),
+                value: put.then(|| kv.value().to_vec()),
+                create_revision: kv.create_revision(),
+                version: kv.version(),
+                lease: kv.lease(),
+            };
+            pending.bytes += kv.key().len() + kv.value().len() + 64;
+            pending.events.push(event);
+        }
+        if pending.bytes > MAX_BYTES {
+            pending.lost.get_or_insert(format!(
+                "more than {} MiB of changes waited to ship",
+                MAX_BYTES >> 20
+            ));
+            return;
+        }
+        if pending.bytes >= FLUSH_BYTES {
+            flush.notify_one();
+        }
+    }
+}
+
+impl Feed for EtcdFeed {
+    fn poll(&mut self, shipped: i64) -> Result<Poll> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = &pending.lost {
+            return Ok(Poll::NeedFull(FullReason::WatchLost(why.clone())));
+        }
+        // Everything up to `shipped` went out before (a failed upload puts events back).
+        self.taken = std::mem::take(&mut pending.events);
+        pending.bytes = 0;
+        let Some(first) = self.taken.first().map(|e| e.revision) else {
+            return Ok(Poll::Nothing);
+        };
+        let last = self.taken.last().map_or(first, |e| e.revision);
+        if first != shipped + 1 {
+            // The check of etcd-backup-restore #1044: the first change must be the next revision.
+            let why = format!(
+                "the first change waiting is at revision {first}, but revision {shipped} was shipped last"
+            );
+            pending.lost = Some(why.clone());
+            return Ok(Poll::NeedFull(FullReason::WatchLost(why)));
+        }
+        Ok(Poll::Changes {
+            first,
+            last,
+            compact: 0,
+        })
+    }
+
+    fn write(&mut self, header: &Header, out: &mut dyn Write) -> Result<u64> {
+        let mut writer = Writer::start(out, header)?;
+        for event in &self.taken {
+            writer.change(event)?;
+        }
+        writer.finish()
+    }
+
+    /// The changes were not shipped: they go back in front of newer ones.
+    fn release(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let newer = std::mem::take(&mut pending.events);
+        pending.events = std::mem::take(&mut self.taken);
+        pending.events.extend(newer);
+        pending.bytes = pending
+            .events
+            .iter()
+            .map(|e| e.key.as_ref().map_or(0, Vec::len) + e.value.as_ref().map_or(0, Vec::len) + 64)
+            .sum();
+    }
+
+    fn flush_signal(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.flush))
+    }
+}
+
+/// The final state of every key a chain's events touched: `Some(value)` for
+/// a put, `None` for a delete.
+#[derive(Default)]
+pub struct Changes {
+    keys: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    applied: i64,
+}
+
+impl Changes {
+    pub fn new(revision: i64) -> Self {
+        Changes {
+            keys: BTreeMap::new(),
+            applied: revision,
+        }
+    }
+
+    /// Folds one increment's events in, skipping revisions already applied.
+    pub fn apply(&mut self, plaintext: &mut dyn BufRead, what: &str) -> Result<()> {
+        let mut reader = Reader::open(plaintext, what)?;
+        let header = reader.header.clone();
+        if header.first_revision > self.applied + 1 {
+            bail!(
+                "apply {what}: it starts at revision {}, but the chain reached only {}: a missing increment",
+                header.first_revision,
+                self.applied
+            );
+        }
+        while let Some(event) = reader.next::<EtcdEvent>()? {
+            if event.revision <= self.applied {
+                continue;
+            }
+            let Some(key) = event.key else {
+                bail!(
+                    "apply {what}: an event at revision {} has no key",
+                    event.revision
+                );
+            };
+            self.keys.insert(
+                key,
+                match event.kind {
+                    EventKind::Put => Some(event.value.unwrap_or_default()),
+                    EventKind::Delete => None,
+                },
+            );
+        }
+        self.applied = self.applied.max(header.last_revision);
+        Ok(())
+    }
+
+    /// The base's pairs with the changes laid over them, still in key order.
+    pub fn overlay<I: Iterator<Item = Result<Pair>>>(self, base: I) -> Overlay<I> {
+        Overlay {
+            base: base.peekable(),
+            changes: self.keys.into_iter().peekable(),
+        }
+    }
+}
+
+/// A merge of two key-ordered streams: the base's pairs and the changed keys.
+pub struct Overlay<I: Iterator<Item = Result<Pair>>> {
+    base: std::iter::Peekable<I>,
+    changes: std::iter::Peekable<std::collections::btree_map::IntoIter<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl<I: Iterator<Item = Result<Pair>>> Iterator for Overlay<I> {
+    type Item = Result<Pair>;
+
+    fn next(&mut self) -> Option<Result<Pair>> {
+        loop {
+            let order = match (self.base.peek(), self.changes.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) => return self.base.next(),
+                (Some(Ok(pair)), Some((key, _))) => pair.key.as_slice().cmp(key.as_slice()),
+                (Some(Ok(_)), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Less => return self.base.next(),
+                std::cmp::Ordering::Equal => {
+                    self.base.next();
+                }
+                std::cmp::Ordering::Greater => {}
+            }
+            if let Some((key, value)) = self.changes.next()
+                && let Some(value) = value
+            {
+                return Some(Ok(Pair { key, value }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(key: &str, value: &str) -> Result<Pair> {
+        Ok(Pair {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        })
+    }
+
+    #[test]
+    fn changes_lay_over_the_base_in_key_order() {
+        let mut changes = Changes::new(0);
+        changes.keys.insert(b"/a".to_vec(), Some(b"A2".to_vec()));
+        changes.keys.insert(b"/b".to_vec(), None);
+        changes.keys.insert(b"/c".to_vec(), Some(b"C".to_vec()));
+        changes.keys.insert(b"/e".to_vec(), None);
+        let base = vec![pair("/a", "A1"), pair("/b", "B"), pair("/d", "D")];
+        let merged: Vec<(String, String)> = changes
+            .overlay(base.into_iter())
+            .map(|p| {
+                let p = p.unwrap();
+                (
+                    String::from_utf8(p.key).unwrap(),
+                    String::from_utf8(p.value).unwrap(),
+                )
+            })
+            .collect();
+        let expected = [("/a", "A2"), ("/c", "C"), ("/d", "D")];
+        assert_eq!(
+            merged,
+            expected.map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! Continuous backups: between full backups the agent ships **increments**,
+//! the changes since the revision shipped last, so a restore loses at most one
+//! interval. A full backup (the *base*) and the increments after it form a
+//! *chain*; a restore applies the base, then the increments in revision order.
+//!
+//! - An increment is sealed like a backup (zstd, age) and stored beside its
+//!   base as `<base stem>.incr-<first>-<last>-<writer>.zst[.age]`, with a
+//!   manifest `<increment>.json` written after it: an increment without its
+//!   manifest (a crash mid-upload) is never applied.
+//! - Its manifest records the base, the revision range, the compact revision
+//!   when read, the count of changes and the digests of both ends.
+//! - Retention deletes a chain with its base (`retention`), never a base that
+//!   a kept increment needs.
+//!
+//! `feed` says where changes come from (kine rows by id, etcd watch events),
+//! `ship` seals and stores one increment, `format` is the plaintext.
+
+pub mod apply;
+pub mod etcd;
+pub mod feed;
+pub mod format;
+pub mod kine;
+pub mod ship;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Compression, Encryption, MANIFEST_SUFFIX, Manifest, SourceKind};
+
+pub const FORMAT_VERSION: u32 = 1;
+const MARK: &str = ".incr-";
+
+/// The contract between shipping an increment and applying it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncrementManifest {
+    pub format_version: u32,
+    /// The increment's object name.
+    pub name: String,
+    /// The full backup it continues.
+    pub base: String,
+    pub vcluster: String,
+    pub kind: SourceKind,
+    /// When the changes were read: the store's state at this time is the base
+    /// plus every increment of the chain up to this one.
+    pub captured: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    /// The revisions it covers, both ends included.
+    pub first_revision: i64,
+    pub last_revision: i64,
+    /// The store's compact revision when the changes were read.
+    pub compact_revision: i64,
+    /// kine rows or etcd events.
+    pub count: u64,
+    /// Plaintext size and SHA-256.
+    pub size: u64,
+    pub sha256: String,
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    pub compression: Compression,
+    pub encryption: Option<Encryption>,
+    pub agent_version: String,
+}
+
+impl IncrementManifest {
+    pub fn manifest_key(&self) -> String {
+        crate::manifest::manifest_key(&self.name)
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        let mut json = serde_json::to_vec_pretty(self).context("encode increment manifest")?;
+        json.push(b'\n');
+        Ok(json)
+    }
+
+    pub fn from_json(data: &[u8], key: &str) -> Result<Self> {
+        let manifest: IncrementManifest = serde_json::from_slice(data)
+            .with_context(|| format!("read increment manifest {key}"))?;
+        if manifest.format_version > FORMAT_VERSION {
+            bail!(
+                "read increment manifest {key}: format version {} is newer than this vcbackup understands ({FORMAT_VERSION}); upgrade vcbackup",
+                manifest.format_version
+            );
+        }
+        Ok(manifest)
+    }
+}
+
+/// An increment as its object name describes it: enough to assemble chains,
+/// apply retention and show freshness from a listing alone, without a GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncrementRef {
+    pub name: String,
+    pub base: String,
+    pub captured: DateTime<Utc>,
+    pub first_revision: i64,
+    pub last_revision: i64,
+}
+
+impl IncrementRef {
+    /// Reads an increment's object name; `None` for any other object (its
+    /// manifest included).
+    pub fn parse(name: &str) -> Option<IncrementRef> {
+        let (stem, sealed) = split_sealed(name);
+        if sealed.is_empty() {
+            return None;
+        }
+        let (base_stem, rest) = stem.rsplit_once(MARK)?;
+        // `<captured>-<first>-<last>-<writer>`: the time holds no `-`.
+        let mut parts = rest.splitn(4, '-');
+        let captured = crate::records::parse_stamp(parts.next()?)?;
+        let first_revision = parts.next()?.parse().ok()?;
+        let last_revision = parts.next()?.parse().ok()?;
+        let writer = parts.next()?;
+        if writer.len() != 8 || !writer.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let base = format!("{base_stem}{sealed}");
+        crate::manifest::parse_backup_name(&base)?;
+        Some(IncrementRef {
+            name: name.to_string(),
+            base,
+            captured,
+            first_revision,
+            last_revision,
+        })
+    }
+}
+
+/// The object name of an increment of `base` covering `first..=last`, read at `captured`:
+/// `<base stem>.incr-<captured>-<first>-<last>-<writer>.zst[.age]`.
+pub fn increment_name(
+    base: &str,
+    captured: DateTime<Utc>,
+    first: i64,
+    last: i64,
+    writer: u32,
+) -> String {
+    let (stem, sealed) = split_sealed(base);
+    let stamp = captured.format(crate::records::STAMP);
+    format!("{stem}{MARK}{stamp}-{first}-{last}-{writer:08x}{sealed}")
+}
+
+fn split_sealed(name: &str) -> (&str, &str) {
+    for sealed in [".zst.age", ".zst"] {
+        if let Some(stem) = name.strip_suffix(sealed) {
+            return (stem, sealed);
+        }
+    }
+    (name, "")
+}
+
+/// Whether `key` is an increment's manifest.
+pub fn is_increment_manifest(key: &str) -> bool {
+    key.strip_suffix(MANIFEST_SUFFIX)
+        .is_some_and(|name| IncrementRef::parse(name).is_some())
+}
+
+/// A base and the increments that apply to it, in order.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub base: Manifest,
+    pub increments: Vec<IncrementRef>,
+    /// Increments stored for this base but not applied: after a gap in the
+    /// revisions (one went missing), or past the point in time asked for.
+    pub left_out: Vec<(IncrementRef, LeftOut)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftOut {
+    /// Captured after the point in time asked for.
+    AfterTime,
+    /// Revisions are missing before it: applying it would skip changes.
+    AfterGap { missing_from: i64 },
+}
+
+impl Chain {
+    /// The increments of `base` among `all` (only those with a manifest),
+    /// applied in revision order up to `until` (inclusive; `None`: all). Two
+    /// agents may have shipped the same revisions (a leader change); overlaps
+    /// are fine, as applying skips revisions already applied. A gap stops the
+    /// chain there.
+    pub fn assemble(base: &Manifest, all: &[IncrementRef], until: Option<DateTime<Utc>>) -> Chain {
+        let mut mine: Vec<&IncrementRef> = all.iter().filter(|i| i.base == base.name).collect();
+        mine.sort_by(|a, b| {
+            (a.first_revision, a.last_revision, &a.name).cmp(&(
+                b.first_revision,
+                b.last_revision,
+                &b.name,
+            ))
+        });
+        let mut applied = base.revision.unwrap_or(0);
+        let mut increments = Vec::new();
+        let mut left_out = Vec::new();
+        let mut gap: Option<i64> = None;
+        for increment in mine {
+            if until.is_some_and(|t| increment.captured > t) {
+                left_out.push((increment.clone(), LeftOut::AfterTime));
+                continue;
+            }
+            if gap.is_none() && increment.first_revision > applied + 1 {
+                gap = Some(applied + 1);
+            }
+            if let Some(missing_from) = gap {
+                left_out.push((increment.clone(), LeftOut::AfterGap { missing_from }));
+                continue;
+            }
+            if increment.last_revision <= applied {
+                continue; // Covered by what came before (two writers shipped it).
+            }
+            applied = increment.last_revision;
+            increments.push(increment.clone());
+        }
+        Chain {
+            base: base.clone(),
+            increments,
+            left_out,
+        }
+    }
+
+    /// The revision a restore of this chain reaches.
+    pub fn revision(&self) -> Option<i64> {
+        self.increments
+            .last()
+            .map(|i| i.last_revision)
+            .or(self.base.revision)
+    }
+
+    /// The time the restored state is from.
+    pub fn captured(&self) -> DateTime<Utc> {
+        self.increments
+            .last()
+            .map_or(self.base.started, |i| i.captured)
+    }
+
+    /// A warning for the operator when increments were left out for a gap.
+    pub fn gap(&self) -> Option<String> {
+        self.left_out.iter().find_map(|(i, why)| match why {
+            LeftOut::AfterGap { missing_from } => Some(format!(
+                "the chain of {} has a gap: revisions from {missing_from} are missing before {}; restored up to revision {}",
+                self.base.name,
+                i.name,
+                self.revision().unwrap_or(0)
+            )),
+            LeftOut::AfterTime => None,
+        })
+    }
+
+    /// What a restore of this chain is, for messages.
+    pub fn describe(&self) -> String {
+        match self.increments.len() {
+            0 => self.base.name.clone(),
+            n => format!(
+                "{} + {n} increment{} (revision {}, {})",
+                self.base.name,
+                if n == 1 { "" } else { "s" },
+                self.revision().unwrap_or(0),
+                crate::manifest::rfc3339(self.captured())
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "demo-20261128T090000.000Z-3f9c1a07-sqlite.zst.age";
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn names_carry_the_base_the_time_and_the_range() {
+        let name = increment_name(BASE, at("2026-11-28T09:01:30.25Z"), 101, 250, 0xab);
+        assert_eq!(
+            name,
+            "demo-20261128T090000.000Z-3f9c1a07-sqlite.incr-20261128T090130.250Z-101-250-000000ab.zst.age"
+        );
+        let parsed = IncrementRef::parse(&name).unwrap();
+        assert_eq!(parsed.base, BASE);
+        assert_eq!(parsed.captured, at("2026-11-28T09:01:30.25Z"));
+        assert_eq!((parsed.first_revision, parsed.last_revision), (101, 250));
+        // Not a backup, a config or a record.
+        assert_eq!(crate::manifest::parse_backup_name(&name), None);
+        assert_eq!(crate::records::Record::parse(&name), None);
+        assert!(is_increment_manifest(&format!("{name}.json")));
+        assert!(!is_increment_manifest(&format!("{BASE}.json")));
+        assert_eq!(IncrementRef::parse(BASE), None);
+        let plain = increment_name(
+            "demo-20261128T090000.000Z-3f9c1a07-etcd.zst",
+            at("2026-11-28T09:01:30Z"),
+            5,
+            5,
+            1,
+        );
+        assert!(
+            plain.ends_with("-etcd.incr-20261128T090130.000Z-5-5-00000001.zst"),
+            "{plain}"
+        );
+        assert!(IncrementRef::parse(&plain).is_some());
+    }
+
+    fn base(revision: i64) -> Manifest {
+        let json = format!(
+            r#"{{"format_version":1,"name":"{BASE}","vcluster":"demo","kind":"sqlite",
+            "started":"2026-11-28T09:00:00Z","finished":"2026-11-28T09:00:01Z","size":1,
+            "sha256":"a","stored_size":1,"stored_sha256":"b",
+            "compression":{{"algorithm":"zstd","level":3}},"encryption":null,"revision":{revision},
+            "agent_version":"0.1.0"}}"#
+        );
+        Manifest::from_json(json.as_bytes(), "base").unwrap()
+    }
+
+    fn increment(first: i64, last: i64, minute: u32) -> IncrementRef {
+        let captured = at(&format!("2026-11-28T09:{minute:02}:00Z"));
+        IncrementRef::parse(&increment_name(BASE, captured, first, last, minute)).unwrap()
+    }
+
+    fn ranges(chain: &Chain) -> Vec<(i64, i64)> {
+        chain
+            .increments
+            .iter()
+            .map(|i| (i.first_revision, i.last_revision))
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_applies_in_order_up_to_a_time() {
+        let all = [
+            increment(21, 30, 3),
+            increment(11, 20, 2),
+            increment(31, 35, 4),
+        ];
+        let chain = Chain::assemble(&base(10), &all, None);
+        assert_eq!(ranges(&chain), [(11, 20), (21, 30), (31, 35)]);
+        assert_eq!(chain.revision(), Some(35));
+        let chain = Chain::assemble(&base(10), &all, Some(at("2026-11-28T09:03:30Z")));
+        assert_eq!(ranges(&chain), [(11, 20), (21, 30)]);
+        assert_eq!(chain.captured(), at("2026-11-28T09:03:00Z"));
+        assert_eq!(chain.left_out.len(), 1);
+        assert_eq!(chain.gap(), None);
+        // Before the first increment: the base alone.
+        let chain = Chain::assemble(&base(10), &all, Some(at("2026-11-28T09:01:00Z")));
+        assert_eq!(ranges(&chain), []);
+        assert_eq!(chain.revision(), Some(10));
+    }
+
+    #[test]
+    fn overlaps_are_skipped_and_a_gap_stops_the_chain() {
+        let all = [
+            increment(11, 20, 2),
+            increment(11, 20, 3), // a second writer shipped the same range
+            increment(15, 25, 4),
+            increment(30, 40, 5), // 26..=29 missing
+            increment(41, 50, 6),
+        ];
+        let chain = Chain::assemble(&base(10), &all, None);
+        assert_eq!(ranges(&chain), [(11, 20), (15, 25)]);
+        assert_eq!(chain.revision(), Some(25));
+        let gap = chain.gap().unwrap();
+        assert!(gap.contains("revisions from 26 are missing"), "{gap}");
+        assert_eq!(chain.left_out.len(), 2);
+    }
+}

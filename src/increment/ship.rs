@@ -1,0 +1,123 @@
+//! Shipping one increment: the changes a poll found, sealed like a backup
+//! and stored beside their base, then the manifest. Nothing is shipped for
+//! an interval without changes.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use super::feed::{Feed, Poll};
+use super::format::{Header, VERSION};
+use super::{FORMAT_VERSION, IncrementManifest, increment_name};
+use crate::backup::{BackupError, Stage, seal_and_store};
+use crate::manifest::{self, Manifest};
+use crate::pipeline::Sealing;
+use crate::storage::{self, Storage};
+
+/// The chain being extended: its base and the revision shipped last.
+pub struct ChainHead {
+    pub base: String,
+    pub kind: manifest::SourceKind,
+    pub shipped: i64,
+}
+
+impl ChainHead {
+    /// A new chain on a full backup; `None` when the backup records no
+    /// revision to continue from (a SQLite database without kine's table).
+    pub fn on(base: &Manifest) -> Option<ChainHead> {
+        Some(ChainHead {
+            base: base.name.clone(),
+            kind: base.kind,
+            shipped: base.revision?,
+        })
+    }
+}
+
+/// Seals and stores the changes `poll` found (`Poll::Changes`), then the manifest.
+/// `captured` is a time before the read began: the increment holds every
+/// change up to it.
+pub async fn ship(
+    feed: Arc<Mutex<Box<dyn Feed>>>,
+    head: &ChainHead,
+    captured: DateTime<Utc>,
+    (first, last, compact): (i64, i64, i64),
+    sealing: &Arc<Sealing>,
+    storage: &dyn Storage,
+    vcluster: &str,
+) -> Result<IncrementManifest, BackupError> {
+    let name = increment_name(&head.base, captured, first, last, rand::random());
+    let header = Header {
+        vcbackup_increment: VERSION,
+        kind: head.kind,
+        base: head.base.clone(),
+        first_revision: first,
+        last_revision: last,
+        compact_revision: compact,
+    };
+    let writer = Arc::clone(&feed);
+    let stored = seal_and_store(storage, sealing, &name, "vcbackup-increment", move |out| {
+        let mut feed = writer.lock().unwrap_or_else(|e| e.into_inner());
+        feed.write(&header, out)
+    })
+    .await;
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(err) => {
+            // The read transaction ends whatever happened to the upload.
+            feed.lock().unwrap_or_else(|e| e.into_inner()).release();
+            return Err(err);
+        }
+    };
+    let manifest = IncrementManifest {
+        format_version: FORMAT_VERSION,
+        name: name.clone(),
+        base: head.base.clone(),
+        vcluster: vcluster.to_string(),
+        kind: head.kind,
+        captured,
+        finished: Utc::now(),
+        first_revision: first,
+        last_revision: last,
+        compact_revision: compact,
+        count: stored.facts,
+        size: stored.plaintext.size,
+        sha256: stored.plaintext.sha256,
+        stored_size: stored.stored.size,
+        stored_sha256: stored.stored.sha256,
+        compression: manifest::Compression {
+            algorithm: "zstd".into(),
+            level: sealing.compression.level,
+        },
+        encryption: sealing.recipients.as_ref().map(|r| manifest::Encryption {
+            algorithm: "age".into(),
+            recipients: r.texts().to_vec(),
+        }),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let written =
+        async { storage::put_bytes(storage, &manifest.manifest_key(), manifest.to_json()?).await }
+            .await;
+    if let Err(err) = written {
+        // Without its manifest the increment is never applied; do not leave it lying around.
+        let _ = storage.delete(&name).await;
+        return Err(BackupError {
+            stage: Stage::Storage,
+            error: err.context(format!(
+                "store manifest of {name} in {}",
+                storage.location()
+            )),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Looks at the store on a blocking thread.
+pub async fn poll(feed: &Arc<Mutex<Box<dyn Feed>>>, shipped: i64) -> anyhow::Result<Poll> {
+    let feed = Arc::clone(feed);
+    tokio::task::spawn_blocking(move || {
+        feed.lock().unwrap_or_else(|e| e.into_inner()).poll(shipped)
+    })
+    .await
+    .context("reading the store's changes panicked")?
+}
