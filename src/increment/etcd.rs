@@ -30,13 +30,23 @@ pub const FLUSH_BYTES: usize = 8 << 20;
 /// shipping): a full snapshot is cheaper than unbounded memory.
 const MAX_BYTES: usize = 256 << 20;
 
+/// How long a broken watch is retried (from the revision after the last one
+/// received) before the chain is given up.
+const RECOVER_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Default)]
 struct Pending {
     events: Vec<EtcdEvent>,
     bytes: usize,
-    lost: Option<String>,
+    lost: Option<FullReason>,
     /// The newest revision received.
     received: i64,
+}
+
+impl Pending {
+    fn lose(&mut self, reason: FullReason) {
+        self.lost.get_or_insert(reason);
+    }
 }
 
 /// The watch, running on the runtime, and what it collected.
@@ -62,12 +72,7 @@ impl EtcdFeed {
             ..Pending::default()
         }));
         let flush = Arc::new(Notify::new());
-        let task = runtime.spawn(watch(
-            client,
-            revision + 1,
-            Arc::clone(&pending),
-            Arc::clone(&flush),
-        ));
+        let task = runtime.spawn(watch(client, Arc::clone(&pending), Arc::clone(&flush)));
         EtcdFeed {
             pending,
             flush,
@@ -77,37 +82,69 @@ impl EtcdFeed {
     }
 }
 
-async fn watch(mut client: Client, from: i64, pending: Arc<Mutex<Pending>>, flush: Arc<Notify>) {
-    let lose = |why: String| {
-        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.lost.get_or_insert(why);
-    };
+/// Watches from the revision after the last received, again after a break,
+/// until the chain is lost (compaction, a hole, too much waiting, or no
+/// recovery within `RECOVER_FOR`).
+async fn watch(mut client: Client, pending: Arc<Mutex<Pending>>, flush: Arc<Notify>) {
+    let mut broken_since: Option<tokio::time::Instant> = None;
+    loop {
+        let from = pending.lock().unwrap_or_else(|e| e.into_inner()).received + 1;
+        let why = follow(&mut client, from, &pending, &flush, &mut broken_since).await;
+        let Some(why) = why else { return };
+        let since = *broken_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() > RECOVER_FOR {
+            let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.lose(FullReason::WatchLost(format!(
+                "{why}; not recovered within {}s",
+                RECOVER_FOR.as_secs()
+            )));
+            return;
+        }
+        tracing::warn!("{why}; watching again from revision {from}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// One watch stream from `from`. Returns why it broke when it may be
+/// retried, `None` once the chain is lost (recorded in `pending`).
+async fn follow(
+    client: &mut Client,
+    from: i64,
+    pending: &Mutex<Pending>,
+    flush: &Notify,
+    broken_since: &mut Option<tokio::time::Instant>,
+) -> Option<String> {
     let options = WatchOptions::new()
         .with_all_keys()
         .with_start_revision(from);
     let mut stream = match client.watch(vec![0u8], Some(options)).await {
         Ok(stream) => stream,
-        Err(err) => return lose(format!("start the watch from revision {from}: {err}")),
+        Err(err) => return Some(format!("start the watch from revision {from}: {err}")),
     };
     loop {
         let response = match stream.message().await {
             Ok(Some(response)) => response,
-            Ok(None) => return lose("the server ended the watch".into()),
-            Err(err) => return lose(format!("the watch broke: {err}")),
+            Ok(None) => return Some("the server ended the watch".into()),
+            Err(err) => return Some(format!("the watch broke: {err}")),
         };
+        *broken_since = None;
+        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
         if response.compact_revision() > 0 {
-            return lose(format!(
-                "revisions before {} were compacted before they were shipped",
-                response.compact_revision()
-            ));
+            let shipped = pending.received;
+            pending.lose(FullReason::Compacted {
+                compact: response.compact_revision(),
+                shipped,
+            });
+            return None;
         }
         if response.canceled() {
-            return lose(format!(
+            let why = format!(
                 "the server cancelled the watch: {}",
                 response.cancel_reason()
-            ));
+            );
+            pending.lose(FullReason::WatchLost(why));
+            return None;
         }
-        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
             let revision = kv.mod_revision();
@@ -117,12 +154,13 @@ async fn watch(mut client: Client, from: i64, pending: Arc<Mutex<Pending>>, flus
                     "the watch jumped from revision {} to {revision}",
                     pending.received
                 );
-                pending.lost.get_or_insert(why);
-                return;
+                pending.lose(FullReason::WatchLost(why));
+                return None;
             }
             pending.received = revision;
             let put = event.event_type() == EventType::Put;
-            let event = EtcdEvent {
+            pending.bytes += kv.key().len() + kv.value().len() + 64;
+            pending.events.push(EtcdEvent {
                 revision,
                 kind: if put {
                     EventKind::Put
@@ -134,16 +172,15 @@ async fn watch(mut client: Client, from: i64, pending: Arc<Mutex<Pending>>, flus
                 create_revision: kv.create_revision(),
                 version: kv.version(),
                 lease: kv.lease(),
-            };
-            pending.bytes += kv.key().len() + kv.value().len() + 64;
-            pending.events.push(event);
+            });
         }
         if pending.bytes > MAX_BYTES {
-            pending.lost.get_or_insert(format!(
+            let why = format!(
                 "more than {} MiB of changes waited to ship",
                 MAX_BYTES >> 20
-            ));
-            return;
+            );
+            pending.lose(FullReason::WatchLost(why));
+            return None;
         }
         if pending.bytes >= FLUSH_BYTES {
             flush.notify_one();
@@ -154,8 +191,8 @@ async fn watch(mut client: Client, from: i64, pending: Arc<Mutex<Pending>>, flus
 impl Feed for EtcdFeed {
     fn poll(&mut self, shipped: i64) -> Result<Poll> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(why) = &pending.lost {
-            return Ok(Poll::NeedFull(FullReason::WatchLost(why.clone())));
+        if let Some(reason) = &pending.lost {
+            return Ok(Poll::NeedFull(reason.clone()));
         }
         // Everything up to `shipped` went out before (a failed upload puts events back).
         self.taken = std::mem::take(&mut pending.events);
@@ -169,7 +206,7 @@ impl Feed for EtcdFeed {
             let why = format!(
                 "the first change waiting is at revision {first}, but revision {shipped} was shipped last"
             );
-            pending.lost = Some(why.clone());
+            pending.lose(FullReason::WatchLost(why.clone()));
             return Ok(Poll::NeedFull(FullReason::WatchLost(why)));
         }
         Ok(Poll::Changes {

@@ -1,7 +1,7 @@
 //! kine's increments: rows by id. kine writes through one SQLite connection at
 //! a time, and ids come from AUTOINCREMENT inside the writing transaction, so
-//! rows commit in id order: a read transaction that sees `max(id) = M` sees
-//! every row up to M. Inside one read transaction the feed
+//! rows commit in id order: a read transaction that sees revision M (`max(id)`,
+//! or `sqlite_sequence` when compaction deleted the newest rows) sees every row up to M. Inside one read transaction the feed
 //! 1. reads the compact revision (`compact_rev_key`'s `prev_revision`);
 //! 2. if it passed the id shipped last, rows never shipped may be gone, so it
 //!    asks for a full backup;
@@ -70,10 +70,8 @@ impl Feed for KineFeed {
             .with_context(context)?;
         let read = (|| -> rusqlite::Result<(i64, i64)> {
             let compact = compact_revision(self.conn())?;
-            let max: Option<i64> =
-                self.conn()
-                    .query_row("SELECT max(id) FROM kine", [], |row| row.get(0))?;
-            Ok((compact, max.unwrap_or(0)))
+            // Rows compaction deleted at the top still count (sqlite_sequence).
+            Ok((compact, crate::source::kine::kine_revision(self.conn())?))
         })();
         let (compact, max) = match read {
             Ok(read) => read,

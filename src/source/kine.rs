@@ -38,7 +38,7 @@ pub fn live_revision(target: &Path, force: bool) -> Result<Option<i64>> {
 
 /// The higher of `max(id)` and kine's `sqlite_sequence` entry (rows
 /// compacted away still count); 0 for an empty store.
-fn kine_revision(conn: &Connection) -> rusqlite::Result<i64> {
+pub fn kine_revision(conn: &Connection) -> rusqlite::Result<i64> {
     let max_id: Option<i64> = conn.query_row("SELECT max(id) FROM kine", [], |row| row.get(0))?;
     let has_sequence: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",

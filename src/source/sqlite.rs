@@ -77,9 +77,9 @@ impl SqliteSource {
 
     fn copy_pages(&self, out: &mut dyn Write) -> Result<SnapshotFacts> {
         // The first read fixes the snapshot that every later read in this transaction sees.
+        // Rows compaction deleted at the top still count: increments continue above them.
         let revision = if self.has_kine_table()? {
-            self.conn
-                .query_row("SELECT max(id) FROM kine", [], |row| row.get(0))?
+            Some(super::kine::kine_revision(&self.conn)?)
         } else {
             tracing::warn!(source = %self.path.display(), "source has no kine table; backing it up as a plain SQLite database");
             None

@@ -3,6 +3,7 @@
 //! - [`binary`]: the built binary, run as a user or an operator would;
 //! - [`tools`]: the external tools the tests need, age keys, digests;
 //! - [`kine`]: kine-shaped SQLite databases (also the benchmark's generator);
+//! - [`writer`]: a kine-shaped writer and the prefix check of a restore;
 //! - [`http`]: free ports, plain HTTP GETs, polling, Prometheus samples;
 //! - [`etcd`]: etcd members and clusters on loopback, with certificates;
 //! - [`s3`]: S3 servers: s3s-fs, a fault-injecting proxy, an EKS Pod Identity
@@ -17,6 +18,7 @@ pub mod http;
 pub mod kine;
 pub mod s3;
 pub mod tools;
+pub mod writer;
 
 // Re-exported for the tests; a test binary that uses none of them is fine.
 #[allow(unused_imports)]
@@ -25,4 +27,5 @@ pub use {
     http::*,
     kine::{incompressible_kine_db, kine_digest, small_kine_db},
     tools::*,
+    writer::{ROWS_PER_TXN, Writer, committed_prefix, start_writer},
 };

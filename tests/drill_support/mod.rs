@@ -55,13 +55,27 @@ pub struct Etcd {
     child: Child,
     pub endpoint: String,
     log: PathBuf,
+    data_dir: PathBuf,
+    peer: String,
 }
 
 impl Etcd {
     pub fn start(data_dir: &Path) -> Etcd {
-        let client = free_port();
+        let endpoint = format!("http://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
+        Etcd::start_at(data_dir, endpoint, peer)
+    }
+
+    /// Kills the member and starts it again on the same data and ports: every
+    /// client connection breaks, nothing stored is lost.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let restarted = Etcd::start_at(&self.data_dir, self.endpoint.clone(), self.peer.clone());
+        *self = restarted;
+    }
+
+    fn start_at(data_dir: &Path, endpoint: String, peer: String) -> Etcd {
         let log = data_dir.with_extension("log");
         let child = Command::new(tool("etcd"))
             .args(["--name", "vc", "--data-dir"])
@@ -80,6 +94,8 @@ impl Etcd {
             child,
             endpoint,
             log,
+            data_dir: data_dir.to_path_buf(),
+            peer,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !run(etcd.etcdctl().args(["endpoint", "health"]))
@@ -110,6 +126,13 @@ impl Etcd {
     pub fn delete(&self, key: &str) {
         ok(self.etcdctl().args(["del", key]));
     }
+
+    /// The store's revision now.
+    pub fn revision(&self) -> i64 {
+        let json = crate::common::ok_stdout(self.etcdctl().args(["get", "x", "-w", "json"]));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value["header"]["revision"].as_i64().unwrap()
+    }
 }
 
 impl Drop for Etcd {
@@ -125,19 +148,38 @@ impl Drop for Etcd {
 pub struct Daemon {
     child: Child,
     pub port: u16,
+    log: Option<PathBuf>,
 }
 
 impl Daemon {
     /// Starts `cmd` (a `vcbackup run …` without --listen) and waits until it serves.
-    pub fn start(mut cmd: Command) -> Daemon {
+    pub fn start(cmd: Command) -> Daemon {
+        Daemon::start_with_log(cmd, None)
+    }
+
+    /// As `start`, with the log (at info) written to `log`.
+    pub fn start_logged(mut cmd: Command, log: &Path) -> Daemon {
+        cmd.env("VCBACKUP_LOG", "info");
+        Daemon::start_with_log(cmd, Some(log))
+    }
+
+    fn start_with_log(mut cmd: Command, log: Option<&Path>) -> Daemon {
         let port = free_port();
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
         let child = cmd
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
-        let daemon = Daemon { child, port };
+        let daemon = Daemon {
+            child,
+            port,
+            log: log.map(Path::to_path_buf),
+        };
         wait_for("the daemon to listen", Duration::from_secs(30), || {
             http_get(port, "/readyz")
         });
@@ -152,6 +194,30 @@ impl Daemon {
 
     pub fn metric(&self, sample: &str) -> Option<f64> {
         metric(&self.metrics(), sample)
+    }
+
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Sends `signal` (`KILL`, `TERM`, `STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) {
+        ok(Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]));
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.child.wait().unwrap()
     }
 
     /// Waits until `sample` reaches at least `at_least`.
