@@ -1,11 +1,11 @@
-//! etcd's increments: a watch on every key from the base snapshot's revision
-//! + 1 (read from the snapshot itself, so the first increment neither
-//! overlaps the snapshot nor leaves a hole: etcd-backup-restore #1044). Events
-//! collect in memory until the next interval, or until `FLUSH_BYTES` wakes
-//! the agent early. A compaction or a broken watch ends the chain: the agent
-//! takes a full snapshot (etcd-backup-restore #599: a watch from a compacted
-//! revision stalls). Revisions must follow each other without a hole, or the
-//! chain ends too.
+//! etcd's increments: a watch on every key, from the revision after the base
+//! snapshot's own (read from the snapshot itself, so the first increment
+//! neither overlaps the snapshot nor leaves a hole: etcd-backup-restore #1044).
+//! Events collect in memory until the next interval, or until `FLUSH_BYTES`
+//! wakes the agent early. A compaction past the last revision received or a
+//! watch that cannot be resumed ends the chain: the agent takes a full snapshot
+//! (etcd-backup-restore #599: a watch from a compacted revision stalls).
+//! Revisions must follow each other without a hole, or the chain ends too.
 //!
 //! On the way back, the events of a chain fold into the final value (or
 //! deletion) of each key they touched, which `Overlay` lays over the base
