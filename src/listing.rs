@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use comfy_table::{Table, presets};
 use serde_json::{Value, json};
 
+use crate::increment::{Chain, IncrementRef};
 use crate::manifest::{Manifest, rfc3339};
 use crate::records::{self, Kind, Record};
 
@@ -26,8 +27,22 @@ fn last_verify(records: &[Record], backup: &str) -> Value {
     }
 }
 
+/// The increments that apply to a backup (`--incremental-interval`), as JSON.
+fn chain_json(backup: &Manifest, increments: &[IncrementRef]) -> Value {
+    let chain = Chain::assemble(backup, increments, None);
+    match chain.increments.last() {
+        None => Value::Null,
+        Some(newest) => json!({
+            "count": chain.increments.len(),
+            "revision": newest.last_revision,
+            "until": rfc3339(newest.captured),
+            "gap": chain.gap(),
+        }),
+    }
+}
+
 /// `records` oldest first, as the catalog gives them.
-pub fn json(backups: &[Manifest], records: &[Record]) -> Value {
+pub fn json(backups: &[Manifest], records: &[Record], increments: &[IncrementRef]) -> Value {
     Value::Array(
         backups
             .iter()
@@ -44,6 +59,7 @@ pub fn json(backups: &[Manifest], records: &[Record]) -> Value {
                     "vcluster": m.vcluster,
                     "config": m.config.is_some(),
                     "verify": last_verify(records, &m.name),
+                    "increments": chain_json(m, increments),
                 })
             })
             .collect(),
@@ -51,12 +67,24 @@ pub fn json(backups: &[Manifest], records: &[Record]) -> Value {
 }
 
 /// Newest first, as `backups` comes; ages relative to `now`.
-pub fn table(backups: &[Manifest], records: &[Record], now: DateTime<Utc>) -> String {
+pub fn table(
+    backups: &[Manifest],
+    records: &[Record],
+    increments: &[IncrementRef],
+    now: DateTime<Utc>,
+) -> String {
     let mut table = Table::new();
     // Plain columns, no borders: the output is read by people and by `awk`.
-    table
-        .load_style(presets::NOTHING)
-        .set_header(["NAME", "TIME", "AGE", "KIND", "SIZE", "STORED", "VERIFIED"]);
+    table.load_style(presets::NOTHING).set_header([
+        "NAME",
+        "TIME",
+        "AGE",
+        "KIND",
+        "SIZE",
+        "STORED",
+        "VERIFIED",
+        "INCREMENTS",
+    ]);
     for m in backups {
         table.add_row([
             m.name.clone(),
@@ -66,6 +94,7 @@ pub fn table(backups: &[Manifest], records: &[Record], now: DateTime<Utc>) -> St
             ByteSize(m.size).display().iec().to_string(),
             ByteSize(m.stored_size).display().iec().to_string(),
             verified(records, &m.name, now),
+            chain_cell(m, increments, now),
         ]);
     }
     let mut out: String = table
@@ -92,6 +121,20 @@ fn verified(records: &[Record], backup: &str, now: DateTime<Utc>) -> String {
             mode.as_str()
         ),
         _ => "-".to_string(),
+    }
+}
+
+/// The increments after a backup: `12 to 30s ago`, `-` for none.
+fn chain_cell(backup: &Manifest, increments: &[IncrementRef], now: DateTime<Utc>) -> String {
+    let chain = Chain::assemble(backup, increments, None);
+    match chain.increments.last() {
+        None => "-".to_string(),
+        Some(newest) => format!(
+            "{} to {} ago{}",
+            chain.increments.len(),
+            age(now - newest.captured),
+            if chain.gap().is_some() { " (GAP)" } else { "" }
+        ),
     }
 }
 

@@ -110,13 +110,16 @@ async fn backup_now(args: cli::BackupNowArgs) -> Result<()> {
 async fn list(args: cli::ListArgs) -> Result<()> {
     let (_, storage) = args.storage.open().await?;
     let catalog = catalog::read(storage.as_ref()).await?;
-    let (backups, records) = (&catalog.backups, &catalog.records);
+    let (backups, records, increments) = (&catalog.backups, &catalog.records, &catalog.increments);
     match args.output {
         OutputFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&listing::json(backups, records))?
+            serde_json::to_string_pretty(&listing::json(backups, records, increments))?
         ),
-        OutputFormat::Table => print!("{}", listing::table(backups, records, chrono::Utc::now())),
+        OutputFormat::Table => print!(
+            "{}",
+            listing::table(backups, records, increments, chrono::Utc::now())
+        ),
     }
     Ok(())
 }
