@@ -209,19 +209,18 @@ impl KineApply {
             )
             .with_context(|| format!("apply {what}"))?;
         let mut inserted = 0;
-        let mut last_id = self.applied;
+        let mut previous = header.first_revision - 1;
         while let Some(row) = reader.next::<KineRow>()? {
-            if row.id <= last_id && row.id > self.applied {
-                bail!("apply {what}: row {} is out of order", row.id);
-            }
-            if row.id > header.last_revision || row.id < header.first_revision {
+            if row.id <= previous || row.id > header.last_revision {
                 bail!(
-                    "apply {what}: row {} is outside the increment's revisions {}..={}",
+                    "apply {what}: row {} is out of order or outside the increment's revisions {}..={}",
                     row.id,
                     header.first_revision,
                     header.last_revision
                 );
             }
+            previous = row.id;
+            // Shipped before, in an increment that overlapped this one.
             if row.id <= self.applied {
                 continue;
             }
@@ -238,7 +237,6 @@ impl KineApply {
                     row.old_value
                 ])
                 .with_context(|| format!("apply {what}: insert row {}", row.id))?;
-            last_id = row.id;
             inserted += 1;
         }
         self.applied = self.applied.max(header.last_revision);
@@ -257,5 +255,116 @@ impl KineApply {
         })();
         done.with_context(|| format!("apply the increments to restored {what}"))?;
         Ok(self.applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::increment::format::VERSION;
+    use crate::manifest::SourceKind;
+
+    fn row(id: i64, name: &str) -> KineRow {
+        KineRow {
+            id,
+            name: name.into(),
+            created: 1,
+            deleted: 0,
+            create_revision: 0,
+            prev_revision: 0,
+            lease: 0,
+            value: Some(vec![1, 2, 3]),
+            old_value: None,
+        }
+    }
+
+    fn increment(first: i64, last: i64, compact: i64, rows: &[KineRow]) -> Vec<u8> {
+        let header = Header {
+            vcbackup_increment: VERSION,
+            kind: SourceKind::Sqlite,
+            base: "b".into(),
+            first_revision: first,
+            last_revision: last,
+            compact_revision: compact,
+        };
+        let mut out = Vec::new();
+        let mut writer = Writer::start(&mut out, &header).unwrap();
+        for row in rows {
+            writer.change(row).unwrap();
+        }
+        writer.finish().unwrap();
+        out
+    }
+
+    fn database(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("state.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name INTEGER, created INTEGER,
+               deleted INTEGER, create_revision INTEGER, prev_revision INTEGER, lease INTEGER,
+               value BLOB, old_value BLOB);
+             CREATE UNIQUE INDEX kine_name_prev_revision_uindex ON kine (name, prev_revision);
+             INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease)
+               VALUES ('compact_rev_key', 1, 0, 0, 1, 0), ('/a', 1, 0, 0, 0, 0);",
+        )
+        .unwrap();
+        path
+    }
+
+    fn ids(path: &Path) -> Vec<i64> {
+        let conn = Connection::open(path).unwrap();
+        let mut statement = conn.prepare("SELECT id FROM kine ORDER BY id").unwrap();
+        statement
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn overlapping_increments_apply_once_and_raise_the_compact_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database(dir.path());
+        let mut apply = KineApply::open(&path, 2, "base").unwrap();
+        let first = increment(3, 5, 2, &[row(3, "/b"), row(5, "/c")]);
+        assert_eq!(apply.apply(&first[..], "first").unwrap(), 2);
+        // A second writer shipped 4..=7: 5 is there already, 4 was a hole.
+        let second = increment(4, 7, 4, &[row(5, "/c"), row(7, "/d")]);
+        assert_eq!(apply.apply(&second[..], "second").unwrap(), 1);
+        assert_eq!(apply.finish("base").unwrap(), 7);
+        assert_eq!(ids(&path), [1, 2, 3, 5, 7]);
+        let conn = Connection::open(&path).unwrap();
+        let compact: i64 = compact_revision(&conn).unwrap();
+        assert_eq!(compact, 4);
+        let seq: i64 = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'kine'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seq, 7, "AUTOINCREMENT continues above the restored rows");
+    }
+
+    #[test]
+    fn a_missing_increment_or_a_stray_row_fails_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database(dir.path());
+        let mut apply = KineApply::open(&path, 2, "base").unwrap();
+        let after_a_hole = increment(5, 6, 0, &[row(5, "/c")]);
+        let err = apply.apply(&after_a_hole[..], "late").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("a missing increment"),
+            "{err:#}"
+        );
+        let stray = increment(3, 4, 0, &[row(3, "/b"), row(9, "/x")]);
+        let err = apply.apply(&stray[..], "stray").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("row 9 is out of order"),
+            "{err:#}"
+        );
+        // Dropped without finish: the transaction rolls back.
+        drop(apply);
+        assert_eq!(ids(&path), [1, 2]);
     }
 }
