@@ -179,14 +179,8 @@ pub async fn take_backup(
         sha256: plaintext.sha256,
         stored_size: stored.size,
         stored_sha256: stored.sha256,
-        compression: manifest::Compression {
-            algorithm: "zstd".into(),
-            level: sealing.compression.level,
-        },
-        encryption: sealing.recipients.as_ref().map(|r| manifest::Encryption {
-            algorithm: "age".into(),
-            recipients: r.texts().to_vec(),
-        }),
+        compression: manifest::Compression::of(&sealing),
+        encryption: manifest::Encryption::of(&sealing),
         revision: facts.revision,
         semantic_revision,
         etcd: facts.etcd,

@@ -99,6 +99,26 @@ pub struct SemanticRevision {
     pub keys: u64,
 }
 
+impl Compression {
+    /// How `sealing` compresses, as a manifest records it.
+    pub fn of(sealing: &crate::pipeline::Sealing) -> Self {
+        Compression {
+            algorithm: "zstd".into(),
+            level: sealing.compression.level,
+        }
+    }
+}
+
+impl Encryption {
+    /// Whom `sealing` encrypts to, as a manifest records it; `None` when it does not.
+    pub fn of(sealing: &crate::pipeline::Sealing) -> Option<Self> {
+        sealing.recipients.as_ref().map(|r| Encryption {
+            algorithm: "age".into(),
+            recipients: r.texts().to_vec(),
+        })
+    }
+}
+
 /// The vCluster config (the merged Helm values) stored beside a backup,
 /// compressed and encrypted like it: it can hold secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

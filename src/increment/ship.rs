@@ -85,14 +85,8 @@ pub async fn ship(
         sha256: stored.plaintext.sha256,
         stored_size: stored.stored.size,
         stored_sha256: stored.stored.sha256,
-        compression: manifest::Compression {
-            algorithm: "zstd".into(),
-            level: sealing.compression.level,
-        },
-        encryption: sealing.recipients.as_ref().map(|r| manifest::Encryption {
-            algorithm: "age".into(),
-            recipients: r.texts().to_vec(),
-        }),
+        compression: manifest::Compression::of(sealing),
+        encryption: manifest::Encryption::of(sealing),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let written =
