@@ -491,3 +491,85 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
         );
     }
 }
+
+#[test]
+fn with_ha_embedded_etcd_only_the_leaders_agent_ships_increments() {
+    let dir = TempDir::new().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    put_pods(&cluster[0], 3);
+    let dest = dir.path().join("backups");
+    let agents: Vec<(std::process::Child, u16)> = cluster
+        .iter()
+        .map(|member| {
+            let port = free_port();
+            let child = unencrypted("run", &file_url(&dest))
+                .args(["--source", &member.endpoint, "--schedule", "@daily"])
+                .args(["--incremental-interval", "1s", "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            (child, port)
+        })
+        .collect();
+    let objects = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dest.join("demo"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    for round in 0..4 {
+        cluster[0].put(&format!("/registry/configmaps/default/c{round}"), "v");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    wait_for("increments", Duration::from_secs(60), || {
+        (objects().iter().filter(|n| n.contains(".incr-")).count() >= 4).then_some(())
+    });
+    let metrics: Vec<String> = agents
+        .iter()
+        .map(|(_, port)| http_get(*port, "/metrics").unwrap().1)
+        .collect();
+    for (mut child, _) in agents {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let leader = &member_and_leader(&cluster[0]).1;
+    let leader_index = cluster
+        .iter()
+        .position(|m| &member_and_leader(m).0 == leader)
+        .unwrap();
+    let names = objects();
+    let bases: Vec<&String> = names.iter().filter(|n| n.ends_with("-etcd.zst")).collect();
+    assert_eq!(
+        bases.len(),
+        1,
+        "only the leader's agent starts a chain: {names:?}"
+    );
+    let stem = bases[0].strip_suffix(".zst").unwrap();
+    assert!(
+        names
+            .iter()
+            .filter(|n| n.contains(".incr-"))
+            .all(|n| n.starts_with(stem)),
+        "{names:?}"
+    );
+    for (i, text) in metrics.iter().enumerate() {
+        let shipped = metric(text, "vcbackup_increments_total{result=\"shipped\"}").unwrap();
+        let no_chain = metric(
+            text,
+            "vcbackup_full_backups_forced_total{reason=\"no_chain\"}",
+        )
+        .unwrap();
+        if i == leader_index {
+            assert!(shipped >= 1.0, "the leader's agent shipped nothing");
+        } else {
+            // Standing by is quiet: no increments, no full backup counted as forced.
+            assert_eq!((shipped, no_chain), (0.0, 0.0), "follower {i}");
+        }
+    }
+}

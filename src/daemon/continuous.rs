@@ -12,7 +12,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use super::Scheduler;
 use crate::increment::feed::{Feed, Poll};
-use crate::increment::ship::{self, ChainHead};
+use crate::increment::ship::{self, ChainHead, Look};
 use crate::manifest::Manifest;
 
 /// The chain this agent extends.
@@ -79,19 +79,34 @@ impl Scheduler<'_> {
     pub(super) async fn ship_changes(&self, last: bool) {
         let taken = self.chain.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(mut chain) = taken else {
-            if !last {
+            if last {
+                return;
+            }
+            // A standby agent (--ha) checks again whether it leads now, quietly.
+            if self.state.status().standby.is_none() {
                 tracing::info!("no chain of increments to continue: taking a full backup");
                 self.state
                     .metrics
                     .continuous
                     .record_forced_full("no_chain", Utc::now());
-                self.guarded_backup(true).await;
             }
+            self.guarded_backup(true).await;
             return;
         };
         // The read starts after this time, so the increment holds every change up to it.
         let captured = Utc::now().trunc_subsecs(3);
-        let polled = ship::poll(&chain.feed, chain.head.shipped).await;
+        let polled = match ship::look(&chain.feed, chain.head.shipped).await {
+            Ok(Look::Standby(why)) => {
+                tracing::info!(
+                    "standing by: {why}; the chain of increments of {} ends",
+                    chain.head.base
+                );
+                self.state.standby(Some(why));
+                return;
+            }
+            Ok(Look::Polled(poll)) => Ok(poll),
+            Err(err) => Err(err),
+        };
         let metrics = &self.state.metrics.continuous;
         match polled {
             Err(err) => {

@@ -56,6 +56,8 @@ pub struct EtcdFeed {
     /// The events the last poll took, for `write`.
     taken: Vec<EtcdEvent>,
     task: tokio::task::JoinHandle<()>,
+    /// Says whether another replica's agent backs up now (`--ha`).
+    source: Box<dyn crate::source::Source>,
 }
 
 impl Drop for EtcdFeed {
@@ -66,7 +68,12 @@ impl Drop for EtcdFeed {
 
 impl EtcdFeed {
     /// Starts watching every key from `revision + 1` (the base's revision).
-    pub fn start(client: Client, runtime: &tokio::runtime::Handle, revision: i64) -> Self {
+    pub fn start(
+        client: Client,
+        runtime: &tokio::runtime::Handle,
+        revision: i64,
+        source: Box<dyn crate::source::Source>,
+    ) -> Self {
         let pending = Arc::new(Mutex::new(Pending {
             received: revision,
             ..Pending::default()
@@ -78,6 +85,7 @@ impl EtcdFeed {
             flush,
             taken: Vec::new(),
             task,
+            source,
         }
     }
 }
@@ -242,6 +250,10 @@ impl Feed for EtcdFeed {
 
     fn flush_signal(&self) -> Option<Arc<Notify>> {
         Some(Arc::clone(&self.flush))
+    }
+
+    fn standby(&mut self) -> Result<Option<String>> {
+        self.source.standby()
     }
 }
 

@@ -72,6 +72,12 @@ pub trait Feed: Send {
     /// changes are not written after all.
     fn release(&mut self) {}
 
+    /// Why another replica's agent backs up now (`--ha`): this agent's chain
+    /// ends there. Runs on a blocking thread.
+    fn standby(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Wakes the agent before the interval ends when many changes wait (etcd).
     fn flush_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None

@@ -106,11 +106,23 @@ pub async fn ship(
     Ok(manifest)
 }
 
-/// Looks at the store on a blocking thread.
-pub async fn poll(feed: &Arc<Mutex<Box<dyn Feed>>>, shipped: i64) -> anyhow::Result<Poll> {
+/// What one look at the store found.
+pub enum Look {
+    /// Another replica's agent backs up now (`--ha`), for this reason.
+    Standby(String),
+    Polled(Poll),
+}
+
+/// Asks whether this agent still backs up, then looks at the store after
+/// `shipped`, on a blocking thread.
+pub async fn look(feed: &Arc<Mutex<Box<dyn Feed>>>, shipped: i64) -> anyhow::Result<Look> {
     let feed = Arc::clone(feed);
     tokio::task::spawn_blocking(move || {
-        feed.lock().unwrap_or_else(|e| e.into_inner()).poll(shipped)
+        let mut feed = feed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = feed.standby()? {
+            return Ok(Look::Standby(why));
+        }
+        feed.poll(shipped).map(Look::Polled)
     })
     .await
     .context("reading the store's changes panicked")?

@@ -174,10 +174,10 @@ impl Source for EtcdSource {
         self: Box<Self>,
         revision: i64,
     ) -> Result<Option<Box<dyn crate::increment::feed::Feed>>> {
+        let (client, runtime) = (self.client.clone(), self.runtime.clone());
+        // The feed keeps the source: it asks it whether this agent still leads (--ha).
         Ok(Some(Box::new(crate::increment::etcd::EtcdFeed::start(
-            self.client.clone(),
-            &self.runtime,
-            revision,
+            client, &runtime, revision, self,
         ))))
     }
 
