@@ -98,7 +98,7 @@ pub async fn restore(
         // A damaged or swapped object is named as such, rather than what decoding made of it.
         input.finish()?;
         let (temp, fingerprint) = decoded?;
-        verify_fingerprint(&fingerprint, &base, &what)?;
+        verify_fingerprint(&fingerprint, &Recorded::of(&base).plaintext, &what)?;
         Ok(temp)
     })
     .await
@@ -203,15 +203,17 @@ pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Resu
     };
     // Without a manifest there is nothing to check the stored bytes against.
     let mut input = match &manifest {
-        Some(manifest) => {
-            Stored::Checked(Box::new(CheckStored::new(input, stored(manifest), &what)))
-        }
+        Some(manifest) => Stored::Checked(Box::new(CheckStored::new(
+            input,
+            manifest.stored.clone(),
+            &what,
+        ))),
         None => Stored::Unchecked(input),
     };
     let plaintext = unseal(&mut input, identities.as_ref(), &what)?;
     let decoded = match &options.output {
         Some(target) => {
-            let size = manifest.as_ref().map(|m| m.size);
+            let size = manifest.as_ref().map(|m| m.plaintext.size);
             decode_beside(target, plaintext, &what, size).map(|(temp, f)| (Some(temp), f))
         }
         None => write_stdout(plaintext, &what).map(|f| (None, f)),
@@ -221,7 +223,7 @@ pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Resu
     }
     let (temp, fingerprint) = decoded?;
     if let Some(manifest) = &manifest {
-        verify_fingerprint(&fingerprint, manifest, &what)?;
+        verify_fingerprint(&fingerprint, &manifest.plaintext, &what)?;
     }
     match (temp, &options.output) {
         (Some(temp), Some(target)) => install(temp, target, options.force),
@@ -253,9 +255,41 @@ impl<R: Read> Read for Stored<R> {
 
 /// What the manifest says storage holds.
 fn stored(manifest: &Manifest) -> Fingerprint {
-    Fingerprint {
-        size: manifest.stored_size,
-        sha256: manifest.stored_sha256.clone(),
+    Recorded::of(manifest).stored
+}
+
+/// What a manifest records of the stored bytes and of the plaintext: a
+/// backup's, or an increment's.
+struct Recorded {
+    stored: Fingerprint,
+    plaintext: Fingerprint,
+}
+
+impl Recorded {
+    fn of(manifest: &Manifest) -> Self {
+        Recorded {
+            stored: Fingerprint {
+                size: manifest.stored_size,
+                sha256: manifest.stored_sha256.clone(),
+            },
+            plaintext: Fingerprint {
+                size: manifest.size,
+                sha256: manifest.sha256.clone(),
+            },
+        }
+    }
+
+    fn of_increment(manifest: &crate::increment::IncrementManifest) -> Self {
+        Recorded {
+            stored: Fingerprint {
+                size: manifest.stored_size,
+                sha256: manifest.stored_sha256.clone(),
+            },
+            plaintext: Fingerprint {
+                size: manifest.size,
+                sha256: manifest.sha256.clone(),
+            },
+        }
     }
 }
 
@@ -280,7 +314,8 @@ fn occupant(target: &Path, verb: &str) -> Result<Occupant> {
     }
 }
 
-fn read_manifest_beside(path: &Path) -> Result<Option<Manifest>> {
+/// The manifest beside a downloaded backup or increment, when there is one.
+fn read_manifest_beside(path: &Path) -> Result<Option<Recorded>> {
     let mut manifest_path = path.as_os_str().to_owned();
     manifest_path.push(manifest_key(""));
     let manifest_path = PathBuf::from(manifest_path);
@@ -294,7 +329,15 @@ fn read_manifest_beside(path: &Path) -> Result<Option<Manifest>> {
         Ok(_) => {
             let data = std::fs::read(&manifest_path)
                 .with_context(|| format!("read manifest {}", manifest_path.display()))?;
-            Manifest::from_json(&data, &manifest_path.display().to_string()).map(Some)
+            let shown = manifest_path.display().to_string();
+            let increment = path
+                .file_name()
+                .and_then(|n| crate::increment::IncrementRef::parse(&n.to_string_lossy()));
+            match increment {
+                Some(_) => crate::increment::IncrementManifest::from_json(&data, &shown)
+                    .map(|m| Some(Recorded::of_increment(&m))),
+                None => Manifest::from_json(&data, &shown).map(|m| Some(Recorded::of(&m))),
+            }
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("read manifest {}", manifest_path.display())),
@@ -428,14 +471,14 @@ fn progress_bar(size: Option<u64>) -> indicatif::ProgressBar {
     bar
 }
 
-fn verify_fingerprint(actual: &Fingerprint, manifest: &Manifest, what: &str) -> Result<()> {
-    if actual.sha256 != manifest.sha256 || actual.size != manifest.size {
+fn verify_fingerprint(actual: &Fingerprint, recorded: &Fingerprint, what: &str) -> Result<()> {
+    if actual.sha256 != recorded.sha256 || actual.size != recorded.size {
         bail!(
             "verify {what}: the restored data (SHA-256 {}, {} bytes) does not match its manifest (SHA-256 {}, {} bytes); nothing was replaced",
             actual.sha256,
             actual.size,
-            manifest.sha256,
-            manifest.size
+            recorded.sha256,
+            recorded.size
         );
     }
     Ok(())

@@ -348,6 +348,51 @@ fn point_in_time_restores_equal_the_store_at_three_times_in_one_chain() {
         assert_eq!(&rows(&to), expected, "restore --at point {i}");
         assert_kine_invariants(&to);
     }
+    // An increment reads without vcbackup (age, zstd), and `decrypt` checks it
+    // against the manifest beside it.
+    let increment = s.folder().join(&s.increments()[0]);
+    let ours = s.dir.path().join("increment.jsonl");
+    ok(&mut decrypt(&increment, &s.keys.identity, &ours));
+    let age = Command::new(tool("age"))
+        .arg("-d")
+        .arg("-i")
+        .arg(&s.keys.identity)
+        .arg(&increment)
+        .output()
+        .unwrap();
+    let zstd = Command::new(tool("zstd"))
+        .args(["-d", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut zstd.stdin.as_ref().unwrap(), &age.stdout).unwrap();
+    let theirs = zstd.wait_with_output().unwrap().stdout;
+    let text = std::fs::read_to_string(&ours).unwrap();
+    assert_eq!(text.as_bytes(), &theirs[..]);
+    assert!(
+        text.starts_with("{\"vcbackup_increment\":1,\"kind\":\"sqlite\""),
+        "{text}"
+    );
+    assert!(text.contains("/registry/configmaps/default/r0-"), "{text}");
+    let manifest_path = s.folder().join(format!("{}.json", s.increments()[0]));
+    let original = std::fs::read(&manifest_path).unwrap();
+    let mut manifest = s.manifest(&s.increments()[0]);
+    manifest["sha256"] = serde_json::json!("00");
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let refused = fails(&mut decrypt(
+        &increment,
+        &s.keys.identity,
+        &s.dir.path().join("x"),
+    ));
+    assert!(refused.contains("does not match its manifest"), "{refused}");
+    // A restore through that increment refuses too, and replaces nothing.
+    let target = s.dir.path().join("at-0.db");
+    let before = std::fs::read(&target).unwrap();
+    let refused = fails(&mut s.restore(&target, &["latest", "--force"]));
+    assert!(refused.contains("does not match its manifest"), "{refused}");
+    assert_eq!(std::fs::read(&target).unwrap(), before);
+    std::fs::write(&manifest_path, original).unwrap();
     // `export --at` holds the same keys.
     let archive = s.dir.path().join("at-1.tar.gz");
     let mut export = s.command(&["export", "--at", &rfc3339(points[1].0)]);
