@@ -119,6 +119,33 @@ pub async fn seal_and_store<T: Send + 'static>(
     }
 }
 
+/// Stores the manifest of `objects[0]`, written after the objects it
+/// describes: once it is there, they count. If it cannot be stored, the
+/// objects are removed (they are ours: written only if absent), so nothing a
+/// reader could mistake for a backup is left.
+pub async fn store_manifest(
+    storage: &dyn Storage,
+    key: &str,
+    json: Result<Vec<u8>>,
+    objects: &[&str],
+) -> Result<(), BackupError> {
+    let written = async { storage::put_bytes(storage, key, json?).await }.await;
+    if let Err(err) = written {
+        for object in objects {
+            let _ = storage.delete(object).await;
+        }
+        return Err(BackupError {
+            stage: Stage::Storage,
+            error: err.context(format!(
+                "store manifest of {} in {}",
+                objects.first().copied().unwrap_or(key),
+                storage.location()
+            )),
+        });
+    }
+    Ok(())
+}
+
 /// Takes one backup of `source` into `storage` and returns its manifest.
 /// On failure nothing is left that a reader could mistake for a backup.
 pub async fn take_backup(
@@ -187,24 +214,17 @@ pub async fn take_backup(
         config,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let written =
-        async { storage::put_bytes(storage, &manifest.manifest_key(), manifest.to_json()?).await }
-            .await;
-    if let Err(err) = written {
-        // Without its manifest the backup is not listed; do not leave it lying
-        // around. The objects are ours: they were written only if absent.
-        let _ = storage.delete(&name).await;
-        if let Some(config) = &manifest.config {
-            let _ = storage.delete(&config.name).await;
-        }
-        return Err(BackupError {
-            stage: Stage::Storage,
-            error: err.context(format!(
-                "store manifest of {name} in {}",
-                storage.location()
-            )),
-        });
-    }
+    // Without its manifest the backup is not listed: its objects go too.
+    let objects: Vec<&str> = std::iter::once(name.as_str())
+        .chain(manifest.config.as_ref().map(|c| c.name.as_str()))
+        .collect();
+    store_manifest(
+        storage,
+        &manifest.manifest_key(),
+        manifest.to_json(),
+        &objects,
+    )
+    .await?;
 
     let seconds = clock.elapsed().as_secs_f64();
     tracing::info!(

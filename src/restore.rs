@@ -267,28 +267,27 @@ struct Recorded {
 
 impl Recorded {
     fn of(manifest: &Manifest) -> Self {
-        Recorded {
-            stored: Fingerprint {
-                size: manifest.stored_size,
-                sha256: manifest.stored_sha256.clone(),
-            },
-            plaintext: Fingerprint {
-                size: manifest.size,
-                sha256: manifest.sha256.clone(),
-            },
-        }
+        Recorded::new(
+            (manifest.stored_size, &manifest.stored_sha256),
+            (manifest.size, &manifest.sha256),
+        )
     }
 
     fn of_increment(manifest: &crate::increment::IncrementManifest) -> Self {
+        Recorded::new(
+            (manifest.stored_size, &manifest.stored_sha256),
+            (manifest.size, &manifest.sha256),
+        )
+    }
+
+    fn new((stored_size, stored_sha256): (u64, &str), (size, sha256): (u64, &str)) -> Self {
+        let fingerprint = |size, sha256: &str| Fingerprint {
+            size,
+            sha256: sha256.to_string(),
+        };
         Recorded {
-            stored: Fingerprint {
-                size: manifest.stored_size,
-                sha256: manifest.stored_sha256.clone(),
-            },
-            plaintext: Fingerprint {
-                size: manifest.size,
-                sha256: manifest.sha256.clone(),
-            },
+            stored: fingerprint(stored_size, stored_sha256),
+            plaintext: fingerprint(size, sha256),
         }
     }
 }

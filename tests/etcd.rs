@@ -409,29 +409,33 @@ fn auto_detection_reports_what_it_chose_and_where_it_looked() {
     );
 }
 
-#[test]
-fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
-    let dir = TempDir::new().unwrap();
-    let cluster = start_cluster(dir.path(), 3);
-    put_pods(&cluster[0], 5);
-    let dest = dir.path().join("backups");
-    // One agent per replica, each beside its own member, all under one name and
-    // schedule, as helm-values/embedded-etcd.yaml deploys them.
-    let agents: Vec<(std::process::Child, u16)> = cluster
+/// One agent per replica, each beside its own member, all under one name, as
+/// helm-values/embedded-etcd.yaml deploys them; with their /status ports.
+fn start_agents(cluster: &[Etcd], dest: &Path, args: &[&str]) -> Vec<(std::process::Child, u16)> {
+    cluster
         .iter()
         .map(|member| {
             let port = free_port();
-            let child = unencrypted("run", &file_url(&dest))
+            let child = unencrypted("run", &file_url(dest))
                 .args(["--source", &member.endpoint])
-                .args(["--schedule", "@every 1s", "--listen"])
-                .arg(format!("127.0.0.1:{port}"))
+                .args(args)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
             (child, port)
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
+    let dir = TempDir::new().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    put_pods(&cluster[0], 5);
+    let dest = dir.path().join("backups");
+    let agents = start_agents(&cluster, &dest, &["--schedule", "@every 1s"]);
     let status = |port: u16| -> Option<serde_json::Value> {
         let (_, body) = http_get(port, "/status")?;
         serde_json::from_str(&body).ok()
@@ -498,21 +502,11 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_ships_increments() {
     let cluster = start_cluster(dir.path(), 3);
     put_pods(&cluster[0], 3);
     let dest = dir.path().join("backups");
-    let agents: Vec<(std::process::Child, u16)> = cluster
-        .iter()
-        .map(|member| {
-            let port = free_port();
-            let child = unencrypted("run", &file_url(&dest))
-                .args(["--source", &member.endpoint, "--schedule", "@daily"])
-                .args(["--incremental-interval", "1s", "--listen"])
-                .arg(format!("127.0.0.1:{port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            (child, port)
-        })
-        .collect();
+    let agents = start_agents(
+        &cluster,
+        &dest,
+        &["--schedule", "@daily", "--incremental-interval", "1s"],
+    );
     let objects = || -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dest.join("demo"))
             .map(|d| {

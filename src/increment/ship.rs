@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use super::feed::{Feed, Poll};
 use super::format::{Header, VERSION};
 use super::{FORMAT_VERSION, IncrementManifest, increment_name};
-use crate::backup::{BackupError, Stage, seal_and_store};
+use crate::backup::{BackupError, seal_and_store, store_manifest};
 use crate::manifest::{self, Manifest};
 use crate::pipeline::Sealing;
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 /// The chain being extended: its base and the revision shipped last.
 pub struct ChainHead {
@@ -89,20 +89,14 @@ pub async fn ship(
         encryption: manifest::Encryption::of(sealing),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let written =
-        async { storage::put_bytes(storage, &manifest.manifest_key(), manifest.to_json()?).await }
-            .await;
-    if let Err(err) = written {
-        // Without its manifest the increment is never applied; do not leave it lying around.
-        let _ = storage.delete(&name).await;
-        return Err(BackupError {
-            stage: Stage::Storage,
-            error: err.context(format!(
-                "store manifest of {name} in {}",
-                storage.location()
-            )),
-        });
-    }
+    // Without its manifest the increment is never applied: it goes too.
+    store_manifest(
+        storage,
+        &manifest.manifest_key(),
+        manifest.to_json(),
+        &[&name],
+    )
+    .await?;
     Ok(manifest)
 }
 
