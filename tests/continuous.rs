@@ -342,6 +342,13 @@ fn point_in_time_restores_equal_the_store_at_three_times_in_one_chain() {
         std::thread::sleep(Duration::from_millis(1200));
     }
     assert_eq!(s.bases().len(), 1, "one chain");
+    // About a dozen looks found nothing between the rounds: they shipped nothing.
+    let shipped_count = s.increments().len();
+    assert!(
+        (3..=6).contains(&shipped_count),
+        "{shipped_count} increments for 3 rounds of changes: {:?}",
+        s.increments()
+    );
     for (i, (at, expected)) in points.iter().enumerate() {
         let to = s.dir.path().join(format!("at-{i}.db"));
         ok(&mut s.restore(&to, &["--at", &rfc3339(*at)]));
