@@ -17,6 +17,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use crate::cli::{FleetArgs, OutputFormat};
+use crate::increment::IncrementRef;
 use crate::listing::age;
 use crate::manifest::{MANIFEST_SUFFIX, parse_backup_name, rfc3339};
 use crate::records::{self, Kind, Mode};
@@ -73,9 +74,13 @@ pub struct Cluster {
     /// Every object's size: what the cluster costs in storage.
     pub bytes: u64,
     pub newest: Option<Newest>,
-    /// Since when the newest backup is known current: its start, or the last
-    /// check that found the store unchanged since it (`run --skip-unchanged`).
+    /// Since when the cluster's backups are known current: the newest backup's
+    /// start, the last check that found the store unchanged since it (`run
+    /// --skip-unchanged`), or the newest increment after a backup (`run
+    /// --incremental-interval`), whichever is latest.
     pub current_since: Option<DateTime<Utc>>,
+    /// When the newest complete increment was read from the store.
+    pub last_increment: Option<DateTime<Utc>>,
     pub last_verify: Option<Drill>,
     pub last_full_verify: Option<DateTime<Utc>>,
     pub status: Status,
@@ -145,11 +150,20 @@ pub fn summarize(
         .filter(|r| listed.contains(r.backup.as_str()))
         .collect();
     let newest = backups.first().cloned();
+    // Complete increments (manifest listed) of a listed backup: a restore applies them.
+    let last_increment = objects
+        .iter()
+        .filter_map(|o| IncrementRef::parse(&o.key))
+        .filter(|i| listed.contains(i.base.as_str()))
+        .filter(|i| keys.contains(format!("{}{MANIFEST_SUFFIX}", i.name).as_str()))
+        .map(|i| i.captured)
+        .max();
     let current_since = newest.as_ref().map(|n| {
         records
             .iter()
             .filter(|r| r.kind == Kind::Unchanged && r.backup == n.name)
             .map(|r| r.time)
+            .chain(last_increment)
             .fold(n.started, DateTime::max)
     });
     let last_verify = records.iter().rev().find_map(|r| match r.kind {
@@ -200,6 +214,7 @@ pub fn summarize(
         bytes: objects.iter().map(|o| o.size).sum(),
         newest,
         current_since,
+        last_increment,
         last_verify,
         last_full_verify,
         status,
@@ -267,6 +282,7 @@ pub fn json(clusters: &[Cluster], now: DateTime<Utc>) -> Value {
                         "stored_size": n.stored_size,
                     })),
                     "current_since": c.current_since.map(rfc3339),
+                    "last_increment": c.last_increment.map(rfc3339),
                     "last_verify": c.last_verify.as_ref().map(|d| json!({
                         "backup": d.backup,
                         "time": rfc3339(d.time),
@@ -384,6 +400,24 @@ mod tests {
         assert_ne!(
             summarize("x".into(), &objects, now, limits).status,
             Status::Stale
+        );
+
+        // An increment read 10 minutes ago, after a 3-hour-old backup: current as of then.
+        let mut continuous = backup(now, 3).1;
+        let increment =
+            crate::increment::increment_name(&stale, now - TimeDelta::minutes(10), 11, 12, 7);
+        continuous.push(object(increment.clone(), 5));
+        let c = summarize("c".into(), &continuous, now, limits);
+        assert_eq!(c.status, Status::Stale, "no manifest yet: not an increment");
+        continuous.push(object(format!("{increment}.json"), 1));
+        let c = summarize("c".into(), &continuous, now, limits);
+        assert_ne!(c.status, Status::Stale, "{}", c.reason);
+        assert_eq!(
+            c.last_increment,
+            Some(chrono::SubsecRound::trunc_subsecs(
+                now - TimeDelta::minutes(10),
+                3
+            ))
         );
 
         // A manifest without its object, or a record of a deleted backup: no backup.

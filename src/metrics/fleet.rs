@@ -26,7 +26,7 @@ impl FleetMetrics {
         let metrics = FleetMetrics {
             last_success: vec(
                 "vcbackup_fleet_last_success_timestamp_seconds",
-                "Since when the newest backup is known current: its start, or the last check that found the store unchanged since it (0: no backup).",
+                "Since when the cluster's backups are known current: the newest backup's start, the last check that found the store unchanged since it, or the newest increment after it (0: no backup).",
             )?,
             last_verify: vec(
                 "vcbackup_fleet_last_verify_timestamp_seconds",
