@@ -208,13 +208,18 @@ fn kine_idle_writes_upload_nothing_and_a_change_or_a_compacted_delete_backs_up()
     assert!(fresh >= checked.timestamp() as f64, "{fresh} vs {checked}");
     drop(daemon);
     let restarted = run_daemon(&source, &dest, &["--no-catch-up"]);
-    let seeded = restarted
-        .metric("vcbackup_last_success_timestamp_seconds")
-        .unwrap();
-    assert!(
-        seeded >= checked.timestamp() as f64 - 1.0,
-        "a restart reads the mark: {seeded}"
+    // The agent is ready before its first listing of storage (readiness never
+    // waits on storage), so the seeded value comes a moment later.
+    let seeded = wait_for(
+        "a restart to read the mark",
+        Duration::from_secs(20),
+        || {
+            restarted
+                .metric("vcbackup_last_success_timestamp_seconds")
+                .filter(|seeded| *seeded >= checked.timestamp() as f64 - 1.0)
+        },
     );
+    assert!(seeded <= fresh + 60.0, "a restart reads the mark: {seeded}");
     let fleet: serde_json::Value = serde_json::from_slice(
         &ok(vcbackup().args([
             "fleet",
