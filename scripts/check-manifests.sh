@@ -280,8 +280,13 @@ def only(kind):
     need(len(items) == 1, f"expected one {kind}, found {len(items)}")
     return items[0]
 
+def named(kind, name):
+    items = [(p, d) for p, d in seen.get(kind, []) if d["metadata"]["name"] == name]
+    need(len(items) == 1, f"expected one {kind} named {name}, found {len(items)}")
+    return items[0]
+
 def f():
-    path, pm = only("PodMonitor")
+    path, pm = named("PodMonitor", "vcbackup")
     need(pm["apiVersion"] == "monitoring.coreos.com/v1", "apiVersion")
     need(pm["spec"]["selector"]["matchLabels"] == {"app": "vcluster"}, "must select app: vcluster")
     need(pm["spec"].get("namespaceSelector", {}).get("any") is True, "must watch every namespace")
@@ -411,6 +416,37 @@ def f():
 check("fields: deploy/restore-job.yaml (Job)", f)
 
 def f():
+    path, d = only("Deployment")
+    need(d["apiVersion"] == "apps/v1" and d["spec"].get("replicas") == 1, "apps/v1, one replica")
+    need(d["metadata"]["namespace"] not in ("default", "team-a"), "must run in the platform team's namespace")
+    pod = d["spec"]["template"]["spec"]
+    need(not pod["serviceAccountName"].startswith("vc-"), "must not use a vCluster's service account")
+    need(d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items(), "selector must match the pod")
+    (c,) = pod["containers"]
+    need("vcbackup" in c["image"], "image")
+    args = c["args"]
+    need(args[0] == "fleet" and "--listen" in args, "must run `fleet --listen`")
+    port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    need(port in ports.values(), f"--listen port {port} is not a container port")
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    need(env.get("VCBACKUP_DESTINATION", "").startswith("s3://"), "VCBACKUP_DESTINATION")
+    need(set(env) <= ENV, f"unknown env vars {sorted(set(env) - ENV)}")
+    for probe, path_ in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+        need(c[probe]["httpGet"]["path"] == path_, f"{probe} must GET {path_}")
+    sc = c.get("securityContext", {})
+    need(sc.get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True
+         and sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == ["ALL"],
+         "non-root, read-only root, no escalation, no capabilities")
+    need(c.get("resources", {}).get("limits", {}).get("memory"), "no memory limit")
+    _, pm = named("PodMonitor", "vcbackup-fleet")
+    need(pm["spec"]["selector"]["matchLabels"] == d["spec"]["selector"]["matchLabels"], "the PodMonitor must select the exporter")
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    need(ports.get(ep["port"]) == port and ep.get("path", "/metrics") == "/metrics", "must scrape the exporter's port")
+    need({"targetLabel": "job", "replacement": "vcbackup-fleet"} in ep.get("relabelings", []), "job=vcbackup-fleet")
+check("fields: deploy/fleet-exporter.yaml (Deployment, PodMonitor)", f)
+
+def f():
     path, cj = only("CronJob")
     need(cj["apiVersion"] == "batch/v1", "apiVersion")
     need(cj["metadata"]["namespace"] not in ("default", "team-a") , "must run in the platform team's namespace")
@@ -488,6 +524,12 @@ def f():
     need(sorted(st["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"], "kms:GenerateDataKey + kms:Decrypt")
     need("kms:ViaService" in json.dumps(st.get("Condition", {})), "only via S3")
 check("fields: deploy/iam-policy-kms.json", f)
+
+def f():
+    (st,) = statements("iam-policy-fleet.json")
+    need(st["Effect"] == "Allow" and st["Action"] == "s3:ListBucket", "only s3:ListBucket")
+    need("s3:prefix" in json.dumps(st.get("Condition", {})), "ListBucket needs a prefix condition")
+check("fields: deploy/iam-policy-fleet.json (list only)", f)
 
 # -- Grafana dashboard
 def f():
