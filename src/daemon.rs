@@ -92,6 +92,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         newest: Mutex::new(None),
         last_mark: Mutex::new(None),
         chain: Mutex::new(None),
+        chain_unavailable: std::sync::atomic::AtomicBool::new(false),
     };
     let result = scheduler.run().await;
     shutdown.token.cancel();
@@ -111,6 +112,8 @@ struct Scheduler<'a> {
     last_mark: Mutex<Option<String>>,
     /// The chain of increments this agent extends (`--incremental-interval`).
     chain: Mutex<Option<continuous::Chain>>,
+    /// The newest base could not start a chain (no revision, no change feed).
+    chain_unavailable: std::sync::atomic::AtomicBool,
 }
 
 enum Outcome {
@@ -151,8 +154,10 @@ impl Scheduler<'_> {
             if !self.wait_shipping_changes(fire_at).await {
                 break;
             }
+            // Continuous backups start with a base of their own, unchanged store or not.
+            let forced = catch_up && config.incremental_interval.is_some();
             catch_up = false;
-            if let Outcome::Aborted = self.guarded_backup(false).await {
+            if let Outcome::Aborted = self.guarded_backup(forced).await {
                 return Ok(());
             }
             self.count_skipped(slot);
@@ -259,7 +264,29 @@ impl Scheduler<'_> {
             if !self.sleep_until_or(look, self.flush_signal()).await {
                 return false;
             }
-            self.ship_changes(false).await;
+            if !self.ship_within_shutdown().await {
+                return false;
+            }
+        }
+    }
+
+    /// One look at the store that a shutdown lets finish within the budget,
+    /// then drops (storage removes what the upload had written; the changes
+    /// are shipped by the next agent's base). False if shutdown came.
+    async fn ship_within_shutdown(&self) -> bool {
+        let shipping = self.ship_changes(false);
+        tokio::pin!(shipping);
+        loop {
+            let requested = self.shutdown.requested();
+            let deadline = self.shutdown.deadline(self.config.shutdown_timeout);
+            tokio::select! {
+                () = &mut shipping => return !self.shutdown.requested(),
+                () = self.shutdown.token.cancelled(), if !requested => {}
+                () = tokio::time::sleep_until(deadline), if requested => {
+                    tracing::warn!("shutdown timeout reached while shipping changes; the increment was dropped, nothing partial kept");
+                    return false;
+                }
+            }
         }
     }
 
@@ -322,6 +349,9 @@ impl Scheduler<'_> {
         .await;
         match result {
             Ok(manifest) => {
+                // A newer base is stored: the old chain ends here, whatever comes next
+                // (a restore of `latest` starts from this base).
+                self.end_chain();
                 if self.config.verify_after_upload
                     && let Err(err) = self.read_back(&manifest).await
                 {

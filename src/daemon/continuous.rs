@@ -31,14 +31,27 @@ impl Chain {
 }
 
 impl Scheduler<'_> {
+    /// A newer base is stored: the chain being extended ends.
+    pub(super) fn end_chain(&self) {
+        self.chain.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     /// After a full backup: its changes from now on are this agent's to ship.
+    /// When none can follow it, the agent says so and waits for the next
+    /// scheduled backup rather than forcing full backups every interval.
     pub(super) async fn start_chain(&self, base: &Manifest) {
         if self.config.incremental_interval.is_none() {
             return;
         }
+        let started = self.follow(base).await;
+        self.chain_unavailable
+            .store(!started, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn follow(&self, base: &Manifest) -> bool {
         let Some(head) = ChainHead::on(base) else {
-            tracing::warn!(backup = %base.name, "the backup records no revision: no increments can follow it");
-            return;
+            tracing::warn!(backup = %base.name, "the backup records no revision: no increments can follow it until the next scheduled backup");
+            return false;
         };
         let spec = self.config.source.clone();
         let revision = head.shipped;
@@ -47,15 +60,15 @@ impl Scheduler<'_> {
             Ok(Ok(Some(feed))) => feed,
             Ok(Ok(None)) => {
                 tracing::warn!(backup = %base.name, "this store cannot tell its changes: no increments follow the backup");
-                return;
+                return false;
             }
             Ok(Err(err)) => {
-                tracing::error!(backup = %base.name, "start following changes after the backup: {err:#}");
-                return;
+                tracing::error!(backup = %base.name, "start following changes after the backup (tried again after the next scheduled backup): {err:#}");
+                return false;
             }
             Err(err) => {
                 tracing::error!("start following changes: {err}");
-                return;
+                return false;
             }
         };
         tracing::info!(base = %base.name, revision, "increments follow this backup");
@@ -64,6 +77,7 @@ impl Scheduler<'_> {
             head,
             feed: Arc::new(Mutex::new(feed)),
         });
+        true
     }
 
     pub(super) fn flush_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
@@ -79,7 +93,12 @@ impl Scheduler<'_> {
     pub(super) async fn ship_changes(&self, last: bool) {
         let taken = self.chain.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(mut chain) = taken else {
-            if last {
+            // The last base could not start a chain: the next scheduled backup tries again.
+            if last
+                || self
+                    .chain_unavailable
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
                 return;
             }
             // A standby agent (--ha) checks again whether it leads now, quietly.
@@ -114,6 +133,11 @@ impl Scheduler<'_> {
                 tracing::error!(base = %chain.head.base, "read the store's changes: {err:#}");
             }
             Ok(Poll::Nothing) => metrics.record_in_sync(captured),
+            Ok(Poll::Behind { received, head }) => tracing::info!(
+                received,
+                head,
+                "the etcd watch is behind the store; shipping once it has caught up"
+            ),
             Ok(Poll::NeedFull(reason)) => {
                 metrics.record_forced_full(reason.label(), Utc::now());
                 if last {

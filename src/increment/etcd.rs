@@ -58,6 +58,9 @@ pub struct EtcdFeed {
     task: tokio::task::JoinHandle<()>,
     /// Says whether another replica's agent backs up now (`--ha`).
     source: Box<dyn crate::source::Source>,
+    /// For the store's head revision at each look.
+    client: Client,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for EtcdFeed {
@@ -79,13 +82,19 @@ impl EtcdFeed {
             ..Pending::default()
         }));
         let flush = Arc::new(Notify::new());
-        let task = runtime.spawn(watch(client, Arc::clone(&pending), Arc::clone(&flush)));
+        let task = runtime.spawn(watch(
+            client.clone(),
+            Arc::clone(&pending),
+            Arc::clone(&flush),
+        ));
         EtcdFeed {
             pending,
             flush,
             taken: Vec::new(),
             task,
             source,
+            client,
+            runtime: runtime.clone(),
         }
     }
 }
@@ -196,11 +205,40 @@ async fn follow(
     }
 }
 
+impl EtcdFeed {
+    /// The store's revision now: the header of a count-only range read.
+    fn head_revision(&mut self) -> Result<i64> {
+        let options = etcd_client::GetOptions::new().with_count_only();
+        let response = self.runtime.block_on(tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.client.get(vec![0u8], Some(options)),
+        ));
+        let response = response
+            .map_err(|_| anyhow::anyhow!("etcd did not answer within 10s"))?
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(response.header().map_or(0, |h| h.revision()))
+    }
+}
+
 impl Feed for EtcdFeed {
+    /// Ships only once the watch has delivered every revision the store had
+    /// when the look began, so an increment read "at" a time holds exactly the
+    /// changes made before it, never a lagging watch's part of them.
     fn poll(&mut self, shipped: i64) -> Result<Poll> {
+        let head = self.head_revision();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(reason) = &pending.lost {
             return Ok(Poll::NeedFull(reason.clone()));
+        }
+        match head {
+            Ok(head) if pending.received >= head => {}
+            Ok(head) => {
+                return Ok(Poll::Behind {
+                    received: pending.received,
+                    head,
+                });
+            }
+            Err(err) => return Err(err.context("read the etcd revision")),
         }
         // Everything up to `shipped` went out before (a failed upload puts events back).
         self.taken = std::mem::take(&mut pending.events);
@@ -246,6 +284,10 @@ impl Feed for EtcdFeed {
             .iter()
             .map(|e| e.key.as_ref().map_or(0, Vec::len) + e.value.as_ref().map_or(0, Vec::len) + 64)
             .sum();
+    }
+
+    fn shipped(&mut self) {
+        self.taken = Vec::new();
     }
 
     fn flush_signal(&self) -> Option<Arc<Notify>> {

@@ -18,6 +18,9 @@ pub enum Poll {
     Changes { first: i64, last: i64, compact: i64 },
     /// Increments cannot continue this chain: take a full backup.
     NeedFull(FullReason),
+    /// The etcd watch has not yet delivered every revision up to the store's
+    /// head: nothing ships until it has, and the RPO keeps growing.
+    Behind { received: i64, head: i64 },
 }
 
 /// Why a chain cannot continue.
@@ -69,8 +72,11 @@ pub trait Feed: Send {
     fn write(&mut self, header: &Header, out: &mut dyn Write) -> Result<u64>;
 
     /// Lets go of what the last poll held (kine's read transaction) when the
-    /// changes are not written after all.
+    /// changes were not stored after all: they wait for the next look.
     fn release(&mut self) {}
+
+    /// The changes the last poll found are stored.
+    fn shipped(&mut self) {}
 
     /// Why another replica's agent backs up now (`--ha`): this agent's chain
     /// ends there. Runs on a blocking thread.

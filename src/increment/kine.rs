@@ -44,10 +44,15 @@ impl KineFeed {
         self.source.connection()
     }
 
+    /// Ends any read transaction, whatever happened before: one left open
+    /// would hold kine's checkpoints back and grow its WAL without bound.
     fn end(&mut self) {
-        if self.open.take().is_some() {
-            // Ends the read; nothing was written, so there is nothing to lose.
-            let _ = self.conn().execute_batch("COMMIT");
+        self.open = None;
+        if !self.conn().is_autocommit() {
+            // Nothing was written: rolling back a read loses nothing.
+            if let Err(err) = self.conn().execute_batch("ROLLBACK") {
+                tracing::warn!("end the read of {}: {err}", self.source.path().display());
+            }
         }
     }
 }
@@ -64,7 +69,8 @@ pub fn compact_revision(conn: &Connection) -> rusqlite::Result<i64> {
 impl Feed for KineFeed {
     fn poll(&mut self, shipped: i64) -> Result<Poll> {
         self.end();
-        let context = || format!("read changes of {}", self.source.path().display());
+        let shown = self.source.path().display().to_string();
+        let context = || format!("read changes of {shown}");
         self.conn()
             .execute_batch("BEGIN DEFERRED")
             .with_context(context)?;
@@ -76,7 +82,7 @@ impl Feed for KineFeed {
         let (compact, max) = match read {
             Ok(read) => read,
             Err(err) => {
-                let _ = self.conn().execute_batch("COMMIT");
+                self.end();
                 return Err(err).with_context(context);
             }
         };
@@ -97,7 +103,7 @@ impl Feed for KineFeed {
                 compact,
             });
         };
-        self.conn().execute_batch("COMMIT").with_context(context)?;
+        self.end();
         Ok(poll)
     }
 
@@ -344,6 +350,51 @@ mod tests {
             )
             .unwrap();
         assert_eq!(seq, 7, "AUTOINCREMENT continues above the restored rows");
+    }
+
+    #[test]
+    fn a_look_never_leaves_a_read_transaction_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database(dir.path());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL")
+            .unwrap();
+        let mut feed = KineFeed::new(SqliteSource::open(&path).unwrap());
+        let changes = Poll::Changes {
+            first: 2,
+            last: 2,
+            compact: 1,
+        };
+        // Changes found, then stored: the read ends after writing them.
+        assert_eq!(feed.poll(1).unwrap(), changes);
+        assert!(
+            !feed.conn().is_autocommit(),
+            "the read stays open until written"
+        );
+        let mut out = Vec::new();
+        let header = Header {
+            vcbackup_increment: VERSION,
+            kind: SourceKind::Sqlite,
+            base: "b".into(),
+            first_revision: 2,
+            last_revision: 2,
+            compact_revision: 1,
+        };
+        assert_eq!(feed.write(&header, &mut out).unwrap(), 1);
+        assert!(feed.conn().is_autocommit());
+        // Changes found, then the upload failed: released.
+        assert_eq!(feed.poll(1).unwrap(), changes);
+        feed.release();
+        assert!(feed.conn().is_autocommit());
+        // Nothing new, and compaction past the shipped revision: ended at once.
+        assert_eq!(feed.poll(2).unwrap(), Poll::Nothing);
+        assert!(feed.conn().is_autocommit());
+        assert!(matches!(
+            feed.poll(0).unwrap(),
+            Poll::NeedFull(FullReason::Compacted { .. })
+        ));
+        assert!(feed.conn().is_autocommit());
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub async fn ship(
     let stored = match stored {
         Ok(stored) => stored,
         Err(err) => {
-            // The read transaction ends whatever happened to the upload.
+            // The read transaction ends, and etcd's events wait for the next look.
             feed.lock().unwrap_or_else(|e| e.into_inner()).release();
             return Err(err);
         }
@@ -89,14 +89,18 @@ pub async fn ship(
         encryption: manifest::Encryption::of(sealing),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    // Without its manifest the increment is never applied: it goes too.
-    store_manifest(
-        storage,
-        &manifest.manifest_key(),
-        manifest.to_json(),
-        &[&name],
-    )
-    .await?;
+    // Without its manifest the increment is never applied: it goes too, and
+    // its changes wait for the next look.
+    let key = manifest.manifest_key();
+    let stored = store_manifest(storage, &key, manifest.to_json(), &[&name]).await;
+    let mut feed = feed.lock().unwrap_or_else(|e| e.into_inner());
+    match stored {
+        Ok(()) => feed.shipped(),
+        Err(err) => {
+            feed.release();
+            return Err(err);
+        }
+    }
     Ok(manifest)
 }
 
