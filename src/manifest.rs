@@ -6,6 +6,8 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::Fingerprint;
+
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_SUFFIX: &str = ".json";
 /// A manifest is a few hundred bytes; anything far larger is not one of ours.
@@ -159,6 +161,22 @@ pub fn config_name(backup_name: &str) -> String {
 }
 
 impl Manifest {
+    /// What storage holds, as recorded: compared while the object streams back.
+    pub fn stored_fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.stored_size,
+            sha256: self.stored_sha256.clone(),
+        }
+    }
+
+    /// The plaintext (the database or snapshot file), as recorded.
+    pub fn plaintext_fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.size,
+            sha256: self.sha256.clone(),
+        }
+    }
+
     pub fn manifest_key(&self) -> String {
         manifest_key(&self.name)
     }

@@ -91,14 +91,15 @@ pub async fn restore(
     let base = manifest.clone();
     let temp = tokio::task::spawn_blocking(move || -> Result<NamedTempFile> {
         let what = base.name.clone();
-        let mut input = CheckStored::new(SyncIoBridge::new(reader), stored(&base), &what);
+        let mut input =
+            CheckStored::new(SyncIoBridge::new(reader), base.stored_fingerprint(), &what);
         // A wrong key fails here, before reading the object: no need to drain it.
         let plaintext = unseal(&mut input, keys.as_deref(), &what)?;
         let decoded = decode_beside(&target, plaintext, &what, Some(base.size));
         // A damaged or swapped object is named as such, rather than what decoding made of it.
         input.finish()?;
         let (temp, fingerprint) = decoded?;
-        verify_fingerprint(&fingerprint, &Recorded::of(&base).plaintext, &what)?;
+        verify_fingerprint(&fingerprint, &base.plaintext_fingerprint(), &what)?;
         Ok(temp)
     })
     .await
@@ -253,43 +254,11 @@ impl<R: Read> Read for Stored<R> {
     }
 }
 
-/// What the manifest says storage holds.
-fn stored(manifest: &Manifest) -> Fingerprint {
-    Recorded::of(manifest).stored
-}
-
 /// What a manifest records of the stored bytes and of the plaintext: a
 /// backup's, or an increment's.
 struct Recorded {
     stored: Fingerprint,
     plaintext: Fingerprint,
-}
-
-impl Recorded {
-    fn of(manifest: &Manifest) -> Self {
-        Recorded::new(
-            (manifest.stored_size, &manifest.stored_sha256),
-            (manifest.size, &manifest.sha256),
-        )
-    }
-
-    fn of_increment(manifest: &crate::increment::IncrementManifest) -> Self {
-        Recorded::new(
-            (manifest.stored_size, &manifest.stored_sha256),
-            (manifest.size, &manifest.sha256),
-        )
-    }
-
-    fn new((stored_size, stored_sha256): (u64, &str), (size, sha256): (u64, &str)) -> Self {
-        let fingerprint = |size, sha256: &str| Fingerprint {
-            size,
-            sha256: sha256.to_string(),
-        };
-        Recorded {
-            stored: fingerprint(stored_size, stored_sha256),
-            plaintext: fingerprint(size, sha256),
-        }
-    }
 }
 
 /// What is at a target path now.
@@ -332,11 +301,17 @@ fn read_manifest_beside(path: &Path) -> Result<Option<Recorded>> {
             let increment = path
                 .file_name()
                 .and_then(|n| crate::increment::IncrementRef::parse(&n.to_string_lossy()));
-            match increment {
-                Some(_) => crate::increment::IncrementManifest::from_json(&data, &shown)
-                    .map(|m| Some(Recorded::of_increment(&m))),
-                None => Manifest::from_json(&data, &shown).map(|m| Some(Recorded::of(&m))),
-            }
+            let (stored, plaintext) = match increment {
+                Some(_) => {
+                    let m = crate::increment::IncrementManifest::from_json(&data, &shown)?;
+                    (m.stored_fingerprint(), m.plaintext_fingerprint())
+                }
+                None => {
+                    let m = Manifest::from_json(&data, &shown)?;
+                    (m.stored_fingerprint(), m.plaintext_fingerprint())
+                }
+            };
+            Ok(Some(Recorded { stored, plaintext }))
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("read manifest {}", manifest_path.display())),

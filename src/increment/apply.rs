@@ -12,7 +12,7 @@ use tokio_util::io::SyncIoBridge;
 
 use super::{Chain, IncrementManifest, IncrementRef};
 use crate::manifest::MANIFEST_MAX_BYTES;
-use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, unseal};
+use crate::pipeline::{CheckStored, Hashing, Identities, unseal};
 use crate::storage::{self, Storage};
 
 /// Reads the manifests of the chain's increments, checking each against its name.
@@ -81,11 +81,7 @@ pub fn read_checked<T>(
     use_lines: impl FnOnce(&mut dyn BufRead) -> Result<T>,
 ) -> Result<T> {
     let what = &manifest.name;
-    let expected = Fingerprint {
-        size: manifest.stored_size,
-        sha256: manifest.stored_sha256.clone(),
-    };
-    let mut input = CheckStored::new(reader, expected, what);
+    let mut input = CheckStored::new(reader, manifest.stored_fingerprint(), what);
     let used = {
         let plaintext = unseal(&mut input, identities, what)?;
         let mut hashing = Hashing::new(plaintext);

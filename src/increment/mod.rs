@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Compression, Encryption, MANIFEST_SUFFIX, Manifest, SourceKind};
+use crate::pipeline::Fingerprint;
 
 pub const FORMAT_VERSION: u32 = 1;
 const MARK: &str = ".incr-";
@@ -63,6 +64,22 @@ pub struct IncrementManifest {
 }
 
 impl IncrementManifest {
+    /// What storage holds, as recorded: compared while the increment streams back.
+    pub fn stored_fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.stored_size,
+            sha256: self.stored_sha256.clone(),
+        }
+    }
+
+    /// The plaintext JSON lines, as recorded.
+    pub fn plaintext_fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.size,
+            sha256: self.sha256.clone(),
+        }
+    }
+
     pub fn manifest_key(&self) -> String {
         crate::manifest::manifest_key(&self.name)
     }

@@ -13,7 +13,7 @@ use tokio_util::io::SyncIoBridge;
 use crate::increment::format::{EtcdEvent, KineRow, Reader};
 use crate::increment::{Chain, IncrementManifest, apply};
 use crate::manifest::SourceKind;
-use crate::pipeline::{CheckStored, Fingerprint, Identities};
+use crate::pipeline::{CheckStored, Identities};
 use crate::storage::Storage;
 
 /// What a chain check found: a line for people, and the failure if any.
@@ -66,12 +66,8 @@ async fn check_all(
                     check_changes(lines, &manifest)
                 })
             } else {
-                let expected = Fingerprint {
-                    size: manifest.stored_size,
-                    sha256: manifest.stored_sha256.clone(),
-                };
                 // `finish` reads to the end and names a mismatch; a read error is its own.
-                CheckStored::new(reader, expected, &manifest.name).finish()
+                CheckStored::new(reader, manifest.stored_fingerprint(), &manifest.name).finish()
             }
         })
         .await??;

@@ -16,19 +16,14 @@ use crate::source::{BoltFile, DigestCheck, RevisionScanner};
 
 const BUFFER: usize = 256 * 1024;
 
-fn stored(manifest: &Manifest) -> Fingerprint {
-    Fingerprint {
-        size: manifest.stored_size,
-        sha256: manifest.stored_sha256.clone(),
-    }
-}
-
 /// Step 1 and the object checks, without a key: the stored bytes against the
 /// manifest, and the object's format.
 pub(super) fn keyless(reader: impl Read, manifest: &Manifest, checks: &mut Vec<Check>) {
     let what = manifest.name.as_str();
-    let mut input =
-        BufReader::with_capacity(BUFFER, CheckStored::new(reader, stored(manifest), what));
+    let mut input = BufReader::with_capacity(
+        BUFFER,
+        CheckStored::new(reader, manifest.stored_fingerprint(), what),
+    );
     let format = match input.fill_buf() {
         Ok(head) => check_sealed_format(head, manifest.encryption.is_some()),
         Err(err) => Err(anyhow!("read the object's first bytes: {err}")),
@@ -90,7 +85,7 @@ pub(super) fn full(
             )
         })?;
     let path = dir.path().join("plaintext");
-    let mut input = CheckStored::new(reader, stored(manifest), what);
+    let mut input = CheckStored::new(reader, manifest.stored_fingerprint(), what);
     let decoded = decode(&mut input, manifest, identities, &path);
     let stored = Check::from("stored", stored_verdict(input.finish(), manifest));
     let stored_ok = stored.ok;
