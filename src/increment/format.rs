@@ -80,6 +80,31 @@ pub enum EventKind {
     Delete,
 }
 
+/// A change in an increment: a kine row or an etcd event, at a revision.
+pub trait Change: serde::de::DeserializeOwned {
+    /// Whether several changes may share a revision (an etcd transaction);
+    /// kine's ids are unique.
+    const SHARED_REVISIONS: bool;
+
+    fn revision(&self) -> i64;
+}
+
+impl Change for KineRow {
+    const SHARED_REVISIONS: bool = false;
+
+    fn revision(&self) -> i64 {
+        self.id
+    }
+}
+
+impl Change for EtcdEvent {
+    const SHARED_REVISIONS: bool = true;
+
+    fn revision(&self) -> i64 {
+        self.revision
+    }
+}
+
 /// The last line: how many changes came before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct End {
@@ -118,12 +143,14 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// Reads an increment back: the header, then each change, then checks the end line.
+/// Reads an increment back: the header, then each change (in revision order,
+/// inside the header's revisions), then checks the end line.
 pub struct Reader<R> {
     input: R,
     what: String,
     line: Vec<u8>,
     count: u64,
+    previous: Option<i64>,
     pub header: Header,
 }
 
@@ -144,12 +171,18 @@ impl<R: BufRead> Reader<R> {
             what: what.to_string(),
             line,
             count: 0,
+            previous: None,
             header,
         })
     }
 
+    /// How many changes were read.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
     /// The next change, or `None` after the end line (whose count must match).
-    pub fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>> {
+    pub fn next<T: Change>(&mut self) -> Result<Option<T>> {
         let what = &self.what;
         if !read_line(&mut self.input, &mut self.line, what)? {
             bail!("read {what}: the increment is truncated (no end line)");
@@ -163,9 +196,22 @@ impl<R: BufRead> Reader<R> {
             }
             return Ok(None);
         }
-        let change = serde_json::from_slice(&self.line).with_context(|| {
+        let change: T = serde_json::from_slice(&self.line).with_context(|| {
             format!("read {what}: change {} is not well formed", self.count + 1)
         })?;
+        let (first, last) = (self.header.first_revision, self.header.last_revision);
+        let revision = change.revision();
+        let in_order = match self.previous {
+            None => true,
+            Some(previous) if T::SHARED_REVISIONS => revision >= previous,
+            Some(previous) => revision > previous,
+        };
+        if !in_order || revision < first || revision > last {
+            bail!(
+                "read {what}: change at revision {revision} is out of order or outside the increment's revisions {first}..={last}"
+            );
+        }
+        self.previous = Some(revision);
         self.count += 1;
         Ok(Some(change))
     }
@@ -258,6 +304,49 @@ mod tests {
         assert_eq!(reader.next::<KineRow>().unwrap(), Some(rows[0].clone()));
         assert_eq!(reader.next::<KineRow>().unwrap(), Some(rows[1].clone()));
         assert_eq!(reader.next::<KineRow>().unwrap(), None);
+    }
+
+    fn read_all<T: Change>(data: &[u8]) -> Result<u64> {
+        let mut reader = Reader::open(data, "incr")?;
+        while reader.next::<T>()?.is_some() {}
+        Ok(reader.count())
+    }
+
+    #[test]
+    fn changes_come_in_revision_order_inside_the_header_range() {
+        assert_eq!(
+            read_all::<KineRow>(&written(&[row(11), row(12)])).unwrap(),
+            2
+        );
+        for rows in [
+            [row(12), row(11)],
+            [row(11), row(11)],
+            [row(10), row(11)],
+            [row(11), row(13)],
+        ] {
+            let err = read_all::<KineRow>(&written(&rows)).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("out of order or outside"),
+                "{err:#}"
+            );
+        }
+        // An etcd transaction: several events at one revision.
+        let event = |revision| EtcdEvent {
+            revision,
+            kind: EventKind::Put,
+            key: Some(b"/k".to_vec()),
+            value: Some(b"v".to_vec()),
+            create_revision: revision,
+            version: 1,
+            lease: 0,
+        };
+        let mut out = Vec::new();
+        let mut writer = Writer::start(&mut out, &header()).unwrap();
+        for revision in [11, 11, 12] {
+            writer.change(&event(revision)).unwrap();
+        }
+        writer.finish().unwrap();
+        assert_eq!(read_all::<EtcdEvent>(&out).unwrap(), 3);
     }
 
     #[test]
