@@ -6,6 +6,7 @@
 //! The newest backup is always kept, whatever the settings, so a cluster whose
 //! backups stopped a month ago still has something to restore from.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -127,17 +128,22 @@ pub async fn prune(
     dry_run: bool,
 ) -> anyhow::Result<RetentionPlan<crate::manifest::Manifest>> {
     let catalog = crate::catalog::read(storage).await?;
+    // The newest complete increment of each base, for the age of its chain.
+    let mut newest: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for increment in &catalog.increments {
+        let at = newest
+            .entry(increment.base.as_str())
+            .or_insert(increment.captured);
+        *at = (*at).max(increment.captured);
+    }
     let chains: Vec<WithChain> = catalog
         .backups
         .iter()
         .map(|backup| WithChain {
             backup,
-            newest: catalog
-                .increments
-                .iter()
-                .filter(|i| i.base == backup.name)
-                .map(|i| i.captured)
-                .fold(backup.started, DateTime::max),
+            newest: newest
+                .get(backup.name.as_str())
+                .map_or(backup.started, |at| (*at).max(backup.started)),
         })
         .collect();
     let planned = plan(&chains, policy, now);
@@ -150,6 +156,17 @@ pub async fn prune(
             .collect(),
     };
     if !dry_run {
+        let present: HashSet<&str> = catalog.objects.iter().map(|o| o.key.as_str()).collect();
+        // Every increment object, with or without its manifest, by base.
+        let mut increments: HashMap<String, Vec<String>> = HashMap::new();
+        for object in &catalog.objects {
+            if let Some(increment) = crate::increment::IncrementRef::parse(&object.key) {
+                increments
+                    .entry(increment.base)
+                    .or_default()
+                    .push(increment.name);
+            }
+        }
         for (backup, reason) in &plan.delete {
             // Manifest first: once it is gone the backup is no longer listed, so
             // an interrupted deletion never shows a backup whose data is gone.
@@ -161,45 +178,36 @@ pub async fn prune(
             for record in catalog.records.iter().filter(|r| r.backup == backup.name) {
                 storage.delete(&record.key).await?;
             }
-            let increments =
-                delete_increments(storage, &catalog, |base| base == backup.name).await?;
-            tracing::info!(backup = %backup.name, increments, %reason, "retention deleted backup");
+            let chain = increments.remove(&backup.name).unwrap_or_default();
+            delete_increments(storage, &chain, &present).await?;
+            tracing::info!(backup = %backup.name, increments = chain.len(), %reason, "retention deleted backup");
         }
-        delete_orphaned_records(storage, &catalog).await?;
+        delete_orphaned_records(storage, &catalog, &present).await?;
         // Increments whose base is gone (a deletion cut off) are never applied.
-        let present: std::collections::HashSet<&str> =
-            catalog.objects.iter().map(|o| o.key.as_str()).collect();
-        let orphans = delete_increments(storage, &catalog, |base| !present.contains(base)).await?;
-        if orphans > 0 {
-            tracing::info!(orphans, "retention deleted increments whose base is gone");
+        for (base, orphans) in &increments {
+            if !present.contains(base.as_str()) {
+                delete_increments(storage, orphans, &present).await?;
+                tracing::info!(base = %base, orphans = orphans.len(), "retention deleted increments whose base is gone");
+            }
         }
     }
     Ok(plan)
 }
 
-/// Deletes the increments (manifest first, then the object) whose base
-/// `doomed` picks, those without a manifest too; returns how many.
+/// Deletes increments, each manifest (when listed) before its object.
 async fn delete_increments(
     storage: &dyn crate::storage::Storage,
-    catalog: &crate::catalog::Catalog,
-    doomed: impl Fn(&str) -> bool,
-) -> anyhow::Result<usize> {
-    let mut deleted = 0;
-    for object in &catalog.objects {
-        let Some(increment) = crate::increment::IncrementRef::parse(&object.key) else {
-            continue;
-        };
-        if !doomed(&increment.base) {
-            continue;
-        }
-        let manifest = crate::manifest::manifest_key(&increment.name);
-        if catalog.objects.iter().any(|o| o.key == manifest) {
+    names: &[String],
+    present: &HashSet<&str>,
+) -> anyhow::Result<()> {
+    for name in names {
+        let manifest = crate::manifest::manifest_key(name);
+        if present.contains(manifest.as_str()) {
             storage.delete(&manifest).await?;
         }
-        storage.delete(&increment.name).await?;
-        deleted += 1;
+        storage.delete(name).await?;
     }
-    Ok(deleted)
+    Ok(())
 }
 
 /// Records whose backup is gone: left by a deletion that was cut off, or
@@ -207,9 +215,8 @@ async fn delete_increments(
 async fn delete_orphaned_records(
     storage: &dyn crate::storage::Storage,
     catalog: &crate::catalog::Catalog,
+    present: &HashSet<&str>,
 ) -> anyhow::Result<()> {
-    let present: std::collections::HashSet<&str> =
-        catalog.objects.iter().map(|o| o.key.as_str()).collect();
     for record in &catalog.records {
         if !present.contains(record.backup.as_str()) {
             storage.delete(&record.key).await?;
