@@ -93,6 +93,25 @@ fn edit(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(path, data).unwrap();
 }
 
+/// The (first) verify record in a folder.
+fn verify_record(folder: &Path) -> serde_json::Value {
+    let record = files(folder)
+        .into_iter()
+        .find(|f| f.contains(".verify-"))
+        .unwrap();
+    serde_json::from_slice(&std::fs::read(folder.join(record)).unwrap()).unwrap()
+}
+
+/// The names of a record's checks, in the order they ran.
+fn check_names(record: &serde_json::Value) -> Vec<&str> {
+    record["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn a_good_backup_passes_and_each_damage_fails_its_own_check() {
     let s = setup();
@@ -107,20 +126,9 @@ fn a_good_backup_passes_and_each_damage_fails_its_own_check() {
         verify_records(&folder),
         vec![(name.clone(), "full".into(), "ok".into())]
     );
-    let record = files(&folder)
-        .into_iter()
-        .find(|f| f.contains(".verify-"))
-        .unwrap();
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(folder.join(record)).unwrap()).unwrap();
-    let checks: Vec<&str> = record["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let record = verify_record(&folder);
     assert_eq!(
-        checks,
+        check_names(&record),
         [
             "stored",
             "decrypt",
@@ -340,20 +348,8 @@ fn an_etcd_backup_passes_the_drill_with_digest_walk_and_revision() {
         .args(["--vcluster-config", "/nonexistent"]));
     let out = ok(&mut s.verify(&dest, &with(&s.with_key())));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok "));
-    let record = files(&dest.join("demo"))
-        .into_iter()
-        .find(|f| f.contains(".verify-"))
-        .unwrap();
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dest.join("demo").join(record)).unwrap()).unwrap();
-    let names: Vec<&str> = record["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        check_names(&verify_record(&dest.join("demo"))),
         [
             "stored",
             "decrypt",

@@ -101,7 +101,8 @@ async fn assert_not_found(storage: &dyn Storage, key: &str) {
     );
 }
 
-async fn listed(storage: &dyn Storage) -> Vec<(String, u64)> {
+/// Every listed key with its size, sorted.
+pub async fn listed(storage: &dyn Storage) -> Vec<(String, u64)> {
     let mut listed: Vec<_> = storage
         .list()
         .await

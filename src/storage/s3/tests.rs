@@ -269,16 +269,8 @@ async fn a_server_without_conditional_writes_is_written_to_without_them() {
     storage.put("small", body_of(1000, 1)).await.unwrap();
     assert!(!storage.bucket.conditional_writes());
     storage.put("large", body_of(11 * MIB, 1)).await.unwrap();
-    let mut keys: Vec<_> = storage
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| (o.key, o.size))
-        .collect();
-    keys.sort();
     assert_eq!(
-        keys,
+        crate::storage::conformance::listed(&storage).await,
         [
             ("large".to_string(), 11 * MIB as u64),
             ("small".to_string(), 1000)
