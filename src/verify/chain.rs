@@ -57,18 +57,23 @@ async fn check_all(
     full: bool,
 ) -> Result<()> {
     let manifests = apply::manifests(storage, chain).await?;
+    if full {
+        // As a restore reads them: both digests, and every change.
+        apply::each(
+            storage,
+            &manifests,
+            identities,
+            (),
+            |(), lines, manifest| check_changes(lines, manifest),
+        )
+        .await?;
+        return Ok(());
+    }
     for manifest in manifests {
         let reader = SyncIoBridge::new(storage.get(&manifest.name).await?);
-        let identities = identities.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            if full {
-                apply::read_checked(reader, &manifest, identities.as_deref(), |lines| {
-                    check_changes(lines, &manifest)
-                })
-            } else {
-                // `finish` reads to the end and names a mismatch; a read error is its own.
-                CheckStored::new(reader, manifest.stored_fingerprint(), &manifest.name).finish()
-            }
+        // `finish` reads to the end and names a mismatch; a read error is its own.
+        tokio::task::spawn_blocking(move || {
+            CheckStored::new(reader, manifest.stored_fingerprint(), &manifest.name).finish()
         })
         .await??;
     }
