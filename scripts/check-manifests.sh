@@ -494,6 +494,13 @@ check("fields: deploy/iam-trust-policy.json", f)
 for name in ("iam-policy.json", "iam-policy-per-namespace.json"):
     def f(name=name):
         sts = statements(name)
+        # The sidecar holds no key, so it never runs a full drill: a record
+        # claiming one can come only from the verify role (trust model).
+        denies = [st for st in sts if st["Effect"] == "Deny"]
+        need(len(denies) == 1 and denies[0]["Action"] == "s3:PutObject"
+             and denies[0]["Resource"].endswith("/*.verify-*-full-*"),
+             "one Deny of s3:PutObject on full drill records (*.verify-*-full-*)")
+        sts = [st for st in sts if st["Effect"] != "Deny"]
         acts = {}
         for st in sts:
             need(st["Effect"] == "Allow", "only Allow statements")

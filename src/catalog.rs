@@ -87,6 +87,37 @@ pub async fn read(storage: &dyn Storage) -> Result<Catalog> {
     })
 }
 
+/// A drill record is a few KiB; anything far larger is not one.
+const RECORD_MAX_BYTES: u64 = 1 << 20;
+
+/// `records` without the drill records whose body does not back their name,
+/// each read with one GET and each one left out named in a warning: `list`
+/// shows only drills that were really run (see `records::check_body`).
+pub async fn checked_records(storage: &dyn Storage, records: Vec<Record>) -> Result<Vec<Record>> {
+    let kept: Vec<Option<Record>> = stream::iter(records)
+        .map(|record| async move {
+            if record.verify_ok().is_none() {
+                return Ok(Some(record));
+            }
+            match storage::get_bytes(storage, &record.key, RECORD_MAX_BYTES).await {
+                Ok(body) => match records::check_body(&record, &body) {
+                    Ok(()) => Ok(Some(record)),
+                    Err(why) => {
+                        tracing::warn!("ignoring drill record {}: {why}", record.key);
+                        Ok(None)
+                    }
+                },
+                // Replaced by a newer drill since the listing.
+                Err(err) if err.is::<ObjectNotFound>() => Ok(None),
+                Err(err) => Err(err.context(format!("read drill record {}", record.key))),
+            }
+        })
+        .buffered(MANIFEST_FETCHES)
+        .try_collect()
+        .await?;
+    Ok(kept.into_iter().flatten().collect())
+}
+
 /// Which backup an operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -145,8 +176,14 @@ pub fn select<'a>(
 /// What a restore or an export asks for, with increments: a base and the
 /// increments to apply. `latest` and `--at` follow the chain of the base they
 /// pick; a named backup is that backup alone; a named increment is its chain
-/// up to it.
-pub fn select_chain(catalog: &Catalog, selector: &Selector, location: &str) -> Result<Chain> {
+/// up to it. A chain with a gap is refused unless `up_to_gap` accepts the
+/// state up to the gap.
+pub fn select_chain(
+    catalog: &Catalog,
+    selector: &Selector,
+    location: &str,
+    up_to_gap: bool,
+) -> Result<Chain> {
     if let Selector::Named(name) = selector
         && let Some(increment) = catalog.increments.iter().find(|i| &i.name == name)
     {
@@ -168,9 +205,11 @@ pub fn select_chain(catalog: &Catalog, selector: &Selector, location: &str) -> R
         return Ok(chain);
     }
     let base = select(&catalog.backups, selector, location)?;
-    Ok(match selector {
+    let chain = match selector {
         Selector::Latest => Chain::assemble(base, &catalog.increments, None),
         Selector::At(at) => Chain::assemble(base, &catalog.increments, Some(*at)),
         Selector::Named(_) => Chain::assemble(base, &[], None),
-    })
+    };
+    chain.refuse_gap(up_to_gap)?;
+    Ok(chain)
 }

@@ -43,6 +43,8 @@ pub enum Input {
     Stored {
         storage: Box<dyn Storage>,
         selector: Selector,
+        /// Accept a chain with a gap, up to the gap (`--up-to-gap`).
+        up_to_gap: bool,
     },
     /// A downloaded backup file, with its manifest beside it when there is one.
     File(PathBuf),
@@ -118,8 +120,18 @@ pub async fn export(
         }
     };
     let opened = match input {
-        Input::Stored { storage, selector } => {
-            open_stored(Arc::from(storage), &selector, identities.as_ref()).await?
+        Input::Stored {
+            storage,
+            selector,
+            up_to_gap,
+        } => {
+            open_stored(
+                Arc::from(storage),
+                &selector,
+                up_to_gap,
+                identities.as_ref(),
+            )
+            .await?
         }
         // A manifest and a config: small reads.
         Input::File(path) => open_file(&path, identities.as_ref())?,
@@ -266,12 +278,16 @@ async fn open_s3_target(text: &str) -> Result<(Box<dyn Storage>, String)> {
 async fn open_stored(
     storage: Arc<dyn Storage>,
     selector: &Selector,
+    up_to_gap: bool,
     identities: Option<&Identities>,
 ) -> Result<Opened> {
     let catalog = catalog::read(storage.as_ref()).await?;
-    let chain = catalog::select_chain(&catalog, selector, &storage.location())?;
+    let chain = catalog::select_chain(&catalog, selector, &storage.location(), up_to_gap)?;
     if let Some(gap) = chain.gap() {
-        tracing::warn!("{gap}");
+        tracing::warn!(
+            "{gap}; exported up to revision {} (--up-to-gap)",
+            chain.revision().unwrap_or(0)
+        );
     }
     let increments = apply::manifests(storage.as_ref(), &chain).await?;
     let manifest = chain.base.clone();

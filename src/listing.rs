@@ -9,9 +9,9 @@ use crate::increment::{Chain, IncrementRef};
 use crate::manifest::{Manifest, rfc3339};
 use crate::records::{self, Kind, Record};
 
-/// The last drill of a backup, as `list -o json` shows it.
+/// The drill that speaks for a backup (`records::verdict`), as `list -o json` shows it.
 fn last_verify(records: &[Record], backup: &str) -> Value {
-    match records::last_verify(records, backup) {
+    match records::verdict(records, Some(backup)) {
         Some(Record {
             time,
             kind: Kind::Verify { mode, ok },
@@ -107,9 +107,10 @@ pub fn table(
     out
 }
 
-/// The last drill in a word and its age: `ok 3h (full)`, `FAILED 5m (keyless)`, `-`.
+/// The drill that speaks for a backup in a word and its age: `ok 3h (full)`,
+/// `FAILED 5m (keyless)`, `-`.
 fn verified(records: &[Record], backup: &str, now: DateTime<Utc>) -> String {
-    match records::last_verify(records, backup) {
+    match records::verdict(records, Some(backup)) {
         Some(Record {
             time,
             kind: Kind::Verify { mode, ok },

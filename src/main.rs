@@ -110,7 +110,8 @@ async fn backup_now(args: cli::BackupNowArgs) -> Result<()> {
 async fn list(args: cli::ListArgs) -> Result<()> {
     let (_, storage) = args.storage.open().await?;
     let catalog = catalog::read(storage.as_ref()).await?;
-    let (backups, records, increments) = (&catalog.backups, &catalog.records, &catalog.increments);
+    let records = catalog::checked_records(storage.as_ref(), catalog.records).await?;
+    let (backups, records, increments) = (&catalog.backups, &records, &catalog.increments);
     match args.output {
         OutputFormat::Json => println!(
             "{}",
@@ -191,7 +192,7 @@ async fn restore(args: cli::RestoreArgs) -> Result<()> {
     }
     let (_, storage) = args.storage.open().await?;
     let catalog = catalog::read(storage.as_ref()).await?;
-    let chain = catalog::select_chain(&catalog, &selector, &storage.location())?;
+    let chain = catalog::select_chain(&catalog, &selector, &storage.location(), args.up_to_gap)?;
     let config = match &args.config_out {
         Some(path) => Some(
             vconfig::fetch_saved(storage.as_ref(), &chain.base, identities.as_ref(), path).await?,
@@ -201,7 +202,10 @@ async fn restore(args: cli::RestoreArgs) -> Result<()> {
     let chain = restore::restore(storage.as_ref(), chain, identities, &options).await?;
     eprintln!("restored {} to {}", chain.describe(), options.to.display());
     if let Some(gap) = chain.gap() {
-        eprintln!("warning: {gap}");
+        eprintln!(
+            "warning: {gap}; restored up to revision {} (--up-to-gap)",
+            chain.revision().unwrap_or(0)
+        );
     }
     if let (Some(path), Some(yaml)) = (&args.config_out, config) {
         vconfig::write_config(path, &yaml, args.force)?;
@@ -222,6 +226,7 @@ async fn export(args: cli::ExportArgs) -> Result<()> {
         Some((storage, selector)) => export::Input::Stored {
             storage: storage.open().await?.1,
             selector,
+            up_to_gap: args.up_to_gap,
         },
         None => export::Input::File(args.input.clone().context("no --input")?),
     };

@@ -126,12 +126,73 @@ pub fn records<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<Record> {
     found
 }
 
-/// The newest verify record of `backup` among `records` (oldest first).
-pub fn last_verify<'a>(records: &'a [Record], backup: &str) -> Option<&'a Record> {
-    records
-        .iter()
-        .rev()
-        .find(|r| r.backup == backup && r.verify_ok().is_some())
+/// The drill that speaks for `backup` (for every backup with `None`) among
+/// `records` (oldest first). A key-less drill proves less than a full one, so
+/// its pass never clears a full drill's failure; a full pass clears both.
+/// Otherwise the newest drill speaks.
+pub fn verdict<'a>(records: &'a [Record], backup: Option<&str>) -> Option<&'a Record> {
+    let newest = |wanted: Mode| {
+        records.iter().rev().find(|r| {
+            backup.is_none_or(|b| r.backup == b)
+                && matches!(r.kind, Kind::Verify { mode, .. } if mode == wanted)
+        })
+    };
+    let (full, keyless) = (newest(Mode::Full), newest(Mode::Keyless));
+    let failed = |r: &Record| r.verify_ok() == Some(false);
+    match (full, keyless) {
+        (Some(full), _) if failed(full) => Some(full),
+        (Some(full), Some(keyless)) if keyless.time > full.time => Some(keyless),
+        (Some(full), _) => Some(full),
+        (None, keyless) => keyless,
+    }
+}
+
+/// What a drill record's body must say, as `verify::Report` writes it: the
+/// fields that tie it to its key.
+#[derive(serde::Deserialize)]
+struct Body {
+    format_version: u32,
+    backup: String,
+    time: DateTime<Utc>,
+    mode: Mode,
+    result: String,
+    checks: Vec<BodyCheck>,
+}
+
+#[derive(serde::Deserialize)]
+struct BodyCheck {
+    #[allow(dead_code)]
+    name: String,
+    result: String,
+}
+
+/// Whether `body` is a drill record of `record`'s backup saying what its key
+/// says (mode, result, time, every check's result): a key alone is easy to
+/// forge by whoever may write beside the backup.
+pub fn check_body(record: &Record, body: &[u8]) -> Result<(), String> {
+    let Kind::Verify { mode, ok } = record.kind else {
+        return Ok(());
+    };
+    let body: Body =
+        serde_json::from_slice(body).map_err(|e| format!("not a drill record: {e}"))?;
+    let word = if ok { "ok" } else { "failed" };
+    let all_ok = body.checks.iter().all(|c| c.result == "ok");
+    if body.format_version == 0
+        || body.backup != record.backup
+        || body.mode != mode
+        || body.time != record.time
+        || body.result != word
+        || body.checks.is_empty()
+        || all_ok != ok
+    {
+        return Err(format!(
+            "its body does not say what its name does (backup {}, {} drill {word} at {})",
+            record.backup,
+            mode.as_str(),
+            record.time.format(STAMP)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

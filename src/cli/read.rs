@@ -99,6 +99,11 @@ pub struct RestoreArgs {
     #[arg(long, env = "VCBACKUP_RESTORE_BASE_ONLY")]
     pub base_only: bool,
 
+    /// Accept a chain of increments with a gap (an increment is missing): restore the state up
+    /// to the gap, less than was asked for. Without it such a restore is refused.
+    #[arg(long, env = "VCBACKUP_RESTORE_UP_TO_GAP")]
+    pub up_to_gap: bool,
+
     #[command(flatten)]
     pub storage: StorageArgs,
 
@@ -146,6 +151,11 @@ pub struct ExportArgs {
     /// Replace the output file or object if it exists.
     #[arg(long, env = "VCBACKUP_EXPORT_FORCE")]
     pub force: bool,
+
+    /// Accept a chain of increments with a gap (an increment is missing): export the state up
+    /// to the gap, less than was asked for. Without it such an export is refused.
+    #[arg(long, env = "VCBACKUP_EXPORT_UP_TO_GAP")]
+    pub up_to_gap: bool,
 
     #[command(flatten)]
     pub identity: IdentityArgs,

@@ -166,7 +166,8 @@ pub fn summarize(
             .chain(last_increment)
             .fold(n.started, DateTime::max)
     });
-    let last_verify = records.iter().rev().find_map(|r| match r.kind {
+    // A key-less pass never clears a full drill's failure.
+    let last_verify = records::verdict(&records, None).and_then(|r| match r.kind {
         Kind::Verify { mode, ok } => Some(Drill {
             backup: r.backup.clone(),
             time: r.time,

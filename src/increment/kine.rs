@@ -240,12 +240,24 @@ impl KineApply {
         Ok(inserted)
     }
 
-    /// Raises the compact revision to the highest one the increments saw, and commits.
+    /// Raises the compact revision to the highest one the increments saw and
+    /// kine's revision to the end of their range, and commits.
     pub fn finish(self, what: &str) -> Result<i64> {
         let done = (|| -> rusqlite::Result<()> {
             self.conn.execute(
                 "UPDATE kine SET prev_revision = ?1 WHERE name = 'compact_rev_key' AND prev_revision < ?1",
                 [self.compact],
+            )?;
+            // Rows compacted away at the top of the range still took their
+            // revisions: without this kine would hand them out again.
+            self.conn.execute(
+                "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'kine' AND seq < ?1",
+                [self.applied],
+            )?;
+            self.conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'kine', ?1
+                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'kine')",
+                [self.applied],
             )?;
             self.conn.execute_batch("COMMIT")
         })();
@@ -340,6 +352,19 @@ mod tests {
             )
             .unwrap();
         assert_eq!(seq, 7, "AUTOINCREMENT continues above the restored rows");
+    }
+
+    #[test]
+    fn the_revision_reaches_the_end_of_the_range_when_its_top_rows_were_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database(dir.path());
+        let mut apply = KineApply::open(&path, 2, "base").unwrap();
+        // Rows 3..=10 were written, 6..=10 deleted before the increment was read.
+        let compacted = increment(3, 10, 1, &[row(3, "/b"), row(5, "/c")]);
+        assert_eq!(apply.apply(&compacted[..], "compacted").unwrap(), 2);
+        assert_eq!(apply.finish("base").unwrap(), 10);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(crate::source::kine::kine_revision(&conn).unwrap(), 10);
     }
 
     #[test]

@@ -207,16 +207,29 @@ impl Chain {
             ))
         });
         let mut applied = base.revision.unwrap_or(0);
+        // When the state reached so far was read: revisions missing after it
+        // may have been read before `until`.
+        let mut reached_at = base.started;
         let mut increments = Vec::new();
         let mut left_out = Vec::new();
         let mut gap: Option<i64> = None;
+        // Past the first increment read after `until`, every later one is too.
+        let mut past_time = false;
         for increment in mine {
-            if until.is_some_and(|t| increment.captured > t) {
+            let after_time = until.is_some_and(|t| increment.captured > t);
+            // A missing range counts unless it was surely read after `until`:
+            // a time between the last increment applied and this one is unknown.
+            if gap.is_none()
+                && !past_time
+                && increment.first_revision > applied + 1
+                && until.is_none_or(|t| !after_time || t > reached_at)
+            {
+                gap = Some(applied + 1);
+            }
+            if after_time && gap.is_none() {
+                past_time = true;
                 left_out.push((increment.clone(), LeftOut::AfterTime));
                 continue;
-            }
-            if gap.is_none() && increment.first_revision > applied + 1 {
-                gap = Some(applied + 1);
             }
             if let Some(missing_from) = gap {
                 left_out.push((increment.clone(), LeftOut::AfterGap { missing_from }));
@@ -226,6 +239,7 @@ impl Chain {
                 continue; // Covered by what came before (two writers shipped it).
             }
             applied = increment.last_revision;
+            reached_at = increment.captured;
             increments.push(increment.clone());
         }
         Chain {
@@ -250,17 +264,29 @@ impl Chain {
             .map_or(self.base.started, |i| i.captured)
     }
 
-    /// A warning for the operator when increments were left out for a gap.
+    /// What is missing when increments were left out for a gap: a restore of
+    /// this chain would hold less than was asked for.
     pub fn gap(&self) -> Option<String> {
         self.left_out.iter().find_map(|(i, why)| match why {
             LeftOut::AfterGap { missing_from } => Some(format!(
-                "the chain of {} has a gap: revisions from {missing_from} are missing before {}; restored up to revision {}",
-                self.base.name,
-                i.name,
-                self.revision().unwrap_or(0)
+                "the chain of {} has a gap: revisions from {missing_from} are missing before {}",
+                self.base.name, i.name,
             )),
             LeftOut::AfterTime => None,
         })
+    }
+
+    /// Refuses a chain with a gap unless `up_to_gap` accepts the state up to
+    /// it: a restore that silently holds less hides lost data.
+    pub fn refuse_gap(&self, up_to_gap: bool) -> anyhow::Result<()> {
+        match self.gap() {
+            Some(gap) if !up_to_gap => anyhow::bail!(
+                "{gap}; pass --up-to-gap for the state up to revision {} (read at {}), or --at a time before the gap, or an increment's name",
+                self.revision().unwrap_or(0),
+                crate::manifest::rfc3339(self.captured())
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// What a restore of this chain is, for messages.
@@ -379,5 +405,30 @@ mod tests {
         let gap = chain.gap().unwrap();
         assert!(gap.contains("revisions from 26 are missing"), "{gap}");
         assert_eq!(chain.left_out.len(), 2);
+        let refused = chain.refuse_gap(false).unwrap_err().to_string();
+        assert!(refused.contains("--up-to-gap"), "{refused}");
+        assert!(refused.contains("up to revision 25"), "{refused}");
+        chain.refuse_gap(true).unwrap();
+    }
+
+    #[test]
+    fn a_gap_counts_for_a_time_unless_it_was_surely_read_after_it() {
+        // 21..=30, read at 09:03, is gone.
+        let all = [increment(11, 20, 2), increment(31, 40, 4)];
+        // At 09:02:30 the missing increment may already have been read.
+        let chain = Chain::assemble(&base(10), &all, Some(at("2026-11-28T09:02:30Z")));
+        assert!(chain.gap().is_some());
+        assert!(chain.refuse_gap(false).is_err());
+        // At the last increment's own time, nothing read later is missing.
+        let chain = Chain::assemble(&base(10), &all, Some(at("2026-11-28T09:02:00Z")));
+        assert_eq!((ranges(&chain), chain.gap()), (vec![(11, 20)], None));
+        // A hole after the first increment read past the time is no gap of it.
+        let later = [
+            increment(11, 20, 2),
+            increment(21, 30, 3),
+            increment(35, 40, 5),
+        ];
+        let chain = Chain::assemble(&base(10), &later, Some(at("2026-11-28T09:02:30Z")));
+        assert_eq!((ranges(&chain), chain.gap()), (vec![(11, 20)], None));
     }
 }

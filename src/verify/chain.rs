@@ -10,16 +10,18 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use tokio_util::io::SyncIoBridge;
 
+use super::Check;
 use crate::increment::format::{EtcdEvent, KineRow, Reader};
 use crate::increment::{Chain, IncrementManifest, apply};
 use crate::manifest::SourceKind;
 use crate::pipeline::{CheckStored, Identities};
 use crate::storage::Storage;
 
-/// What a chain check found: a line for people, and the failure if any.
+/// What a chain check found: a line for people, and the check for the
+/// drill's record (a failed chain fails the drill).
 pub struct ChainReport {
     pub line: String,
-    pub failure: Option<String>,
+    pub check: Check,
 }
 
 /// Checks every increment of `chain`; `None` when the backup has none.
@@ -39,15 +41,22 @@ pub async fn check(
         Err(err) => Some(format!("{err:#}").replace('\n', " ")),
     };
     let mode = if full { "full" } else { "keyless" };
-    let line = match &failure {
-        None => format!(
-            "ok      chain of {base}: {} increment(s) to revision {} ({mode})",
-            chain.increments.len(),
-            chain.revision().unwrap_or(0)
+    let (line, check) = match failure {
+        None => {
+            let detail = format!(
+                "{} increment(s) to revision {} ({mode})",
+                chain.increments.len(),
+                chain.revision().unwrap_or(0)
+            );
+            let line = format!("ok      chain of {base}: {detail}");
+            (line, Check::pass("chain", detail))
+        }
+        Some(failure) => (
+            format!("FAILED  chain of {base}: {failure}"),
+            Check::fail("chain", failure),
         ),
-        Some(failure) => format!("FAILED  chain of {base}: {failure}"),
     };
-    Ok(Some(ChainReport { line, failure }))
+    Ok(Some(ChainReport { line, check }))
 }
 
 async fn check_all(

@@ -83,7 +83,7 @@ impl Drills<'_> {
             } else {
                 Mode::Keyless
             };
-            let report = super::drill(
+            let mut report = super::drill(
                 self.storage,
                 manifest,
                 mode,
@@ -91,7 +91,19 @@ impl Drills<'_> {
                 self.scratch,
             )
             .await?;
+            // The increments a restore would apply are part of what the record vouches for.
+            let chain = crate::increment::Chain::assemble(manifest, &catalog.increments, None);
+            let encrypted = manifest.encryption.is_some();
+            let chain =
+                super::chain::check(self.storage, &chain, self.identities.clone(), encrypted)
+                    .await?;
+            if let Some(chain) = &chain {
+                report.add(chain.check.clone());
+            }
             println!("{}", report.summary());
+            if let Some(chain) = &chain {
+                println!("{}", chain.line);
+            }
             if let Some(check) = report.first_failure() {
                 failures.push(format!(
                     "{}: check {} failed: {}",
@@ -99,17 +111,6 @@ impl Drills<'_> {
                 ));
             }
             super::store(self.storage, &report, &catalog.records).await?;
-            let chain = crate::increment::Chain::assemble(manifest, &catalog.increments, None);
-            let encrypted = manifest.encryption.is_some();
-            if let Some(chain) =
-                super::chain::check(self.storage, &chain, self.identities.clone(), encrypted)
-                    .await?
-            {
-                println!("{}", chain.line);
-                if let Some(failure) = chain.failure {
-                    failures.push(format!("chain of {}: {failure}", manifest.name));
-                }
-            }
         }
         Ok(())
     }

@@ -82,6 +82,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds a check made after the drill itself (the chain of increments).
+    pub fn add(&mut self, check: Check) {
+        self.ok &= check.ok;
+        self.checks.push(check);
+    }
+
     pub fn first_failure(&self) -> Option<&Check> {
         self.checks.iter().find(|c| !c.ok)
     }
