@@ -76,9 +76,7 @@ fn every_option_has_an_environment_variable_and_a_row_in_the_configuration_refer
             let row = reference
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{flag}` | `{env}` |")))
-                .unwrap_or_else(|| {
-                    panic!("docs/configuration.md has no row for {flag} / {env}")
-                });
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for {flag} / {env}"));
             assert!(
                 row.contains(command) || row.contains("| all |"),
                 "{row} does not list `{command}`"
