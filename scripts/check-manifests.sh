@@ -54,7 +54,7 @@ fi
 export RENDER
 
 # ---- structure checks and generated inputs for the tools below ----------------
-# The Python part checks the fields the README and the other files rely on, and
+# The Python part checks the fields the docs and the other files rely on, and
 # writes into $WORK: rendered template values, container specs wrapped in Pods,
 # the PrometheusRule's spec, the dashboard's queries as rules, a list of core objects.
 "$PY" - "$ROOT" "$WORK" <<'PYEOF'
@@ -196,7 +196,7 @@ def chart_range(path):
     return lo, hi
 
 def human(lo, hi):
-    """The range as the README writes it: v0.30–v0.35, v0.19 and earlier."""
+    """The range as docs/deploy-eks.md writes it: v0.30–v0.35, v0.19 and earlier."""
     first, last = f"v{lo[0]}.{lo[1]}", hi and f"v{hi[0]}.{hi[1] - 1}"
     if not hi:
         return f"{first} and later"
@@ -212,10 +212,10 @@ def claim_schemas(path, label, legacy=False):
     for v in sorted(SCHEMAS):
         if not legacy and hi is not None and v >= hi:
             schema_inputs.append(("reject", SCHEMAS[v], path, label))
-    readme = " ".join(open(os.path.join(root, "README.md")).read().split())
+    deploying = " ".join(open(os.path.join(root, "docs", "deploy-eks.md")).read().split())
     if label.startswith("helm-values/"):
-        need(f"`{label}` ({human(lo, hi)}" in readme,
-             f"the README's deploying section must say `{label}` ({human(lo, hi)})")
+        need(f"`{label}` ({human(lo, hi)}" in deploying,
+             f"docs/deploy-eks.md (step 4) must say `{label}` ({human(lo, hi)})")
 
 # -- Helm values for v0.30+ (the schema check itself runs below with check-jsonschema)
 for path in sorted(glob.glob(os.path.join(root, "helm-values", "*.yaml"))):

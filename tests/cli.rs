@@ -1,5 +1,5 @@
-//! The command line as users meet it: the README's configuration reference
-//! stays in step with `--help`, and every option is also an environment variable.
+//! The command line as users meet it: the configuration reference
+//! (`docs/configuration.md`) stays in step with `--help`, and every option is also an environment variable.
 
 mod common;
 
@@ -55,9 +55,12 @@ fn options(command: &str) -> Vec<(String, Option<String>)> {
 }
 
 #[test]
-fn every_option_has_an_environment_variable_and_a_row_in_the_readme() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+fn every_option_has_an_environment_variable_and_a_row_in_the_configuration_reference() {
+    let reference = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     let mut seen = 0;
     for command in COMMANDS {
         let options = options(command);
@@ -70,12 +73,10 @@ fn every_option_has_an_environment_variable_and_a_row_in_the_readme() {
                 panic!("{command} {flag} has no VCBACKUP_ environment variable")
             });
             assert!(env.starts_with("VCBACKUP_"), "{command} {flag}: {env}");
-            let row = readme
+            let row = reference
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{flag}` | `{env}` |")))
-                .unwrap_or_else(|| {
-                    panic!("README's configuration reference has no row for {flag} / {env}")
-                });
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for {flag} / {env}"));
             assert!(
                 row.contains(command) || row.contains("| all |"),
                 "{row} does not list `{command}`"
