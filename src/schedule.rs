@@ -354,6 +354,22 @@ pub fn jitter(bound: Duration) -> Duration {
     rand::rng().random_range(Duration::ZERO..=bound)
 }
 
+/// `age` before `now`; the earliest time should that reach further back (an
+/// age the command line would refuse), before which nothing happened.
+pub fn ago(now: DateTime<Utc>, age: TimeDelta) -> DateTime<Utc> {
+    now.checked_sub_signed(age)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// `slot` delayed by a [`jitter`] up to `bound`; `slot` itself should the
+/// delay reach past the end of time (a bound the command line would refuse).
+pub fn jittered(slot: DateTime<Utc>, bound: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(jitter(bound))
+        .ok()
+        .and_then(|delay| slot.checked_add_signed(delay))
+        .unwrap_or(slot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -872,6 +888,19 @@ mod tests {
                     .to_owned()
             )
         );
+    }
+
+    #[test]
+    fn clock_arithmetic_past_the_end_of_time_never_panics() {
+        let slot = utc("2026-01-01T00:00:00Z");
+        assert_eq!(jittered(slot, Duration::ZERO), slot);
+        let late = jittered(slot, Duration::from_secs(60));
+        assert!(slot <= late && late <= slot + TimeDelta::seconds(60));
+        let last = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(jittered(last, Duration::from_secs(3600)), last);
+        let now = Utc::now();
+        assert_eq!(ago(now, TimeDelta::hours(24)), now - TimeDelta::hours(24));
+        assert_eq!(ago(now, TimeDelta::MAX), DateTime::<Utc>::MIN_UTC);
     }
 
     #[test]
