@@ -147,7 +147,7 @@ impl Scheduler<'_> {
                     None => bail!("schedule {} has no future run", config.schedule),
                 }
             };
-            let fire_at = slot + schedule::jitter(config.jitter);
+            let fire_at = schedule::jittered(slot, config.jitter);
             self.state.next_run(fire_at);
             // Until then the agent only waits: what start-up or the backup left resident goes.
             crate::footprint::shed();
@@ -454,7 +454,7 @@ impl Scheduler<'_> {
         self.state.stored(&plan.keep);
         let aborted = self
             .storage
-            .abort_stale_uploads(now - self.config.stale_upload_age)
+            .abort_stale_uploads(schedule::ago(now, self.config.stale_upload_age))
             .await?;
         if aborted > 0 {
             tracing::info!(

@@ -50,7 +50,33 @@ pub enum ScheduleError {
     UnknownTimeZone { input: String },
     #[error("invalid duration {input:?}: {reason}")]
     InvalidDuration { input: String, reason: String },
+    #[error("invalid duration {input:?}: too long (at most {})", limit.text)]
+    DurationTooLong { input: String, limit: Limit },
 }
+
+/// The longest duration an option takes, and how the error spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub max: Duration,
+    pub text: &'static str,
+}
+
+/// Waits, intervals and timeouts (`@every`, `--incremental-interval`,
+/// `--jitter`, `--shutdown-timeout`, `--wait-for-certs`, `--refresh`): a year
+/// and a day. Added to the clock (chrono's DateTime, tokio's Instant), so it
+/// must stay far from where those overflow; no real setting comes near it.
+pub const MAX_WAIT: Limit = Limit {
+    max: Duration::from_secs(366 * 86_400),
+    text: "366d",
+};
+
+/// Ages subtracted from the clock (`--abort-uploads-after`, `--max-age`,
+/// `--max-verify-age`, `--max-unchanged-age`): a hundred years (humantime's
+/// year is 365.25 days), so `now - age` stays inside chrono's range.
+pub const MAX_AGE: Limit = Limit {
+    max: Duration::from_secs(100 * 31_557_600),
+    text: "100y",
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schedule {
@@ -118,6 +144,12 @@ fn parse_macro(text: &str) -> Result<Schedule, String> {
             .map_err(|e| format!("bad @every duration {arg:?}: {e}"))?;
         if period.is_zero() {
             return Err("the @every duration must be greater than zero".to_owned());
+        }
+        if period > MAX_WAIT.max {
+            return Err(format!(
+                "the @every duration must be at most {}",
+                MAX_WAIT.text
+            ));
         }
         return Ok(Schedule::Every {
             text: text.to_owned(),
@@ -289,11 +321,28 @@ pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
         })
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, ScheduleError> {
+fn parse_duration(text: &str) -> Result<Duration, ScheduleError> {
     humantime::parse_duration(text.trim()).map_err(|e| ScheduleError::InvalidDuration {
         input: text.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// A humantime duration (`90s`, `1h30m`) no longer than `limit`.
+pub fn parse_bounded(text: &str, limit: Limit) -> Result<Duration, ScheduleError> {
+    let duration = parse_duration(text)?;
+    if duration > limit.max {
+        return Err(ScheduleError::DurationTooLong {
+            input: text.to_owned(),
+            limit,
+        });
+    }
+    Ok(duration)
+}
+
+/// A wait, interval or timeout: at most [`MAX_WAIT`].
+pub fn parse_wait(text: &str) -> Result<Duration, ScheduleError> {
+    parse_bounded(text, MAX_WAIT)
 }
 
 /// Uniformly random in `[0, bound]`, so replicas sharing a schedule do not all
@@ -303,6 +352,22 @@ pub fn jitter(bound: Duration) -> Duration {
         return Duration::ZERO;
     }
     rand::rng().random_range(Duration::ZERO..=bound)
+}
+
+/// `age` before `now`; the earliest time should that reach further back (an
+/// age the command line would refuse), before which nothing happened.
+pub fn ago(now: DateTime<Utc>, age: TimeDelta) -> DateTime<Utc> {
+    now.checked_sub_signed(age)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// `slot` delayed by a [`jitter`] up to `bound`; `slot` itself should the
+/// delay reach past the end of time (a bound the command line would refuse).
+pub fn jittered(slot: DateTime<Utc>, bound: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(jitter(bound))
+        .ok()
+        .and_then(|delay| slot.checked_add_signed(delay))
+        .unwrap_or(slot)
 }
 
 #[cfg(test)]
@@ -783,6 +848,59 @@ mod tests {
             matches!(&msg, Err(m) if m.starts_with(r#"invalid duration "soon": "#)),
             "{msg:?}"
         );
+    }
+
+    #[test]
+    fn durations_have_an_upper_bound() {
+        let day = 86_400;
+        assert_eq!(parse_wait("366d"), Ok(Duration::from_secs(366 * day)));
+        assert_eq!(
+            parse_wait("366d 1s").map_err(|e| e.to_string()),
+            Err(r#"invalid duration "366d 1s": too long (at most 366d)"#.to_owned())
+        );
+        assert_eq!(
+            parse_bounded("100y", MAX_AGE),
+            Ok(Duration::from_secs(36_525 * day))
+        );
+        assert_eq!(
+            parse_bounded("300000y", MAX_AGE).map_err(|e| e.to_string()),
+            Err(r#"invalid duration "300000y": too long (at most 100y)"#.to_owned())
+        );
+        // What the limits are spelt as is what they are.
+        for limit in [MAX_WAIT, MAX_AGE] {
+            assert_eq!(parse_duration(limit.text), Ok(limit.max));
+        }
+        // The longest age reaches back to a time chrono has, from far ahead too.
+        let age = TimeDelta::from_std(MAX_AGE.max).unwrap_or_else(|e| panic!("{e}"));
+        let wait = TimeDelta::from_std(MAX_WAIT.max).unwrap_or_else(|e| panic!("{e}"));
+        let in_a_century = Utc::now() + TimeDelta::days(36_525);
+        assert!(in_a_century.checked_sub_signed(age).is_some());
+        assert!(in_a_century.checked_add_signed(wait).is_some());
+    }
+
+    #[test]
+    fn every_has_an_upper_bound() {
+        assert!(Schedule::parse("@every 366d").is_ok());
+        assert_eq!(
+            Schedule::parse("@every 300000y").map_err(|e| e.to_string()),
+            Err(
+                r#"invalid schedule "@every 300000y": the @every duration must be at most 366d"#
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn clock_arithmetic_past_the_end_of_time_never_panics() {
+        let slot = utc("2026-01-01T00:00:00Z");
+        assert_eq!(jittered(slot, Duration::ZERO), slot);
+        let late = jittered(slot, Duration::from_secs(60));
+        assert!(slot <= late && late <= slot + TimeDelta::seconds(60));
+        let last = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(jittered(last, Duration::from_secs(3600)), last);
+        let now = Utc::now();
+        assert_eq!(ago(now, TimeDelta::hours(24)), now - TimeDelta::hours(24));
+        assert_eq!(ago(now, TimeDelta::MAX), DateTime::<Utc>::MIN_UTC);
     }
 
     #[test]

@@ -37,9 +37,13 @@ impl Shutdown {
         self.token.is_cancelled()
     }
 
-    /// When a running backup must be done: `budget` after the signal.
+    /// When a running backup must be done: `budget` after the signal, or as
+    /// long after it as the clock can tell (a budget the command line would refuse).
     pub fn deadline(&self, budget: Duration) -> Instant {
         let signalled = *self.signalled.lock().unwrap_or_else(|e| e.into_inner());
-        signalled.unwrap_or_else(Instant::now) + budget
+        let from = signalled.unwrap_or_else(Instant::now);
+        from.checked_add(budget)
+            .or_else(|| from.checked_add(crate::schedule::MAX_WAIT.max))
+            .unwrap_or(from)
     }
 }

@@ -112,13 +112,13 @@ pub struct SourceArgs {
     pub etcd_key: Option<PathBuf>,
 
     /// How long to wait for the etcd certificate files, which the vCluster syncer copies in
-    /// when the pod starts.
+    /// when the pod starts (at most 366d).
     #[arg(
         long,
         env = "VCBACKUP_WAIT_FOR_CERTS",
         value_name = "DURATION",
         default_value = "120s",
-        value_parser = humantime::parse_duration
+        value_parser = schedule::parse_wait
     )]
     pub wait_for_certs: Duration,
 }
@@ -157,7 +157,7 @@ pub struct RunArgs {
     pub backup: BackupArgs,
 
     /// When to back up: 5-field cron (`0 */12 * * *`), `@hourly`, `@daily`, `@weekly`, or
-    /// `@every 15m`.
+    /// `@every 15m` (at most `@every 366d`).
     #[arg(long, env = "VCBACKUP_SCHEDULE", default_value = "@hourly", value_parser = Schedule::parse)]
     pub schedule: Schedule,
 
@@ -166,8 +166,8 @@ pub struct RunArgs {
     pub timezone: Tz,
 
     /// Delay each run by a random amount up to this (e.g. `5m`), so many virtual clusters on
-    /// one schedule do not hit storage at the same second.
-    #[arg(long, env = "VCBACKUP_JITTER", default_value = "0s", value_name = "DURATION", value_parser = schedule::parse_duration)]
+    /// one schedule do not hit storage at the same second. At most 366d.
+    #[arg(long, env = "VCBACKUP_JITTER", default_value = "0s", value_name = "DURATION", value_parser = schedule::parse_wait)]
     pub jitter: Duration,
 
     /// Do not take a backup at start when the newest one is older than one schedule interval.
@@ -186,7 +186,7 @@ pub struct RunArgs {
     /// Continuous backups: between full backups, ship what changed in the store (kine rows,
     /// etcd events) this often (e.g. `30s`) as increments of the newest full backup, so a
     /// restore loses at most about one interval. An interval without changes ships nothing.
-    /// Off by default; see the README's "Continuous backups".
+    /// 1s to 366d; off by default; see the README's "Continuous backups".
     #[arg(long, env = "VCBACKUP_INCREMENTAL_INTERVAL", value_name = "DURATION", value_parser = parse_interval)]
     pub incremental_interval: Option<Duration>,
 
@@ -200,8 +200,8 @@ pub struct RunArgs {
     pub listen: SocketAddr,
 
     /// After SIGTERM, how long a running backup may take to finish before it is aborted
-    /// (the vCluster chart grants the pod 10s).
-    #[arg(long, env = "VCBACKUP_SHUTDOWN_TIMEOUT", default_value = "8s", value_name = "DURATION", value_parser = schedule::parse_duration)]
+    /// (the vCluster chart grants the pod 10s). At most 366d.
+    #[arg(long, env = "VCBACKUP_SHUTDOWN_TIMEOUT", default_value = "8s", value_name = "DURATION", value_parser = schedule::parse_wait)]
     pub shutdown_timeout: Duration,
 
     /// Take a final backup on SIGTERM, within --shutdown-timeout (sleep mode scales the pod to zero).
@@ -237,7 +237,7 @@ pub struct SweepArgs {
     /// Abort unfinished S3 multipart uploads under this virtual cluster's prefix, and remove
     /// `.partial-*` files in a directory destination, that an agent killed mid-backup left and
     /// that started (S3) or were last written (directory) longer ago than this. Keep it longer
-    /// than any backup takes: a running S3 upload that is older is aborted too.
+    /// than any backup takes: a running S3 upload that is older is aborted too. At most 100y.
     #[arg(long, env = "VCBACKUP_ABORT_UPLOADS_AFTER", default_value = "24h", value_name = "DURATION", value_parser = parse_age)]
     pub abort_uploads_after: Age,
 }
@@ -328,15 +328,17 @@ impl std::fmt::Display for Age {
     }
 }
 
-/// A duration as an age to subtract from the wall clock.
+/// A duration as an age to subtract from the wall clock: at most
+/// [`schedule::MAX_AGE`], so that `now - age` is always a time.
 pub(super) fn parse_delta(text: &str) -> Result<chrono::TimeDelta> {
-    let age = schedule::parse_duration(text)?;
+    let age = schedule::parse_bounded(text, schedule::MAX_AGE)?;
     chrono::TimeDelta::from_std(age).with_context(|| format!("{text:?} is too long"))
 }
 
-/// `--incremental-interval`: at least a second, so the agent never busy-polls.
+/// `--incremental-interval`: at least a second, so the agent never busy-polls,
+/// and at most [`schedule::MAX_WAIT`].
 fn parse_interval(text: &str) -> Result<Duration> {
-    let interval = schedule::parse_duration(text)?;
+    let interval = schedule::parse_wait(text)?;
     if interval < Duration::from_secs(1) {
         anyhow::bail!("{text:?} is shorter than 1s");
     }

@@ -62,7 +62,7 @@ pub struct SkipArgs {
     pub skip_unchanged: bool,
 
     /// With --skip-unchanged, take a real backup anyway once the newest is this old, so that
-    /// retention and the whole pipeline keep being exercised.
+    /// retention and the whole pipeline keep being exercised. At most 100y.
     #[arg(long, env = "VCBACKUP_MAX_UNCHANGED_AGE", default_value = "24h", value_name = "DURATION", value_parser = parse_delta)]
     pub max_unchanged_age: chrono::TimeDelta,
 }
@@ -74,12 +74,13 @@ pub struct FleetArgs {
     #[arg(long, env = "VCBACKUP_DESTINATION", value_name = "URL")]
     pub destination: String,
 
-    /// A virtual cluster whose newest backup (or unchanged check) is older than this is `stale`.
+    /// A virtual cluster whose newest backup (or unchanged check) is older than this is `stale`
+    /// (at most 100y).
     #[arg(long, env = "VCBACKUP_FLEET_MAX_AGE", default_value = "2h", value_name = "DURATION", value_parser = parse_delta)]
     pub max_age: chrono::TimeDelta,
 
     /// A virtual cluster without a full restore drill (a `verify` with the key) this recent
-    /// is `unverified`.
+    /// is `unverified` (at most 100y).
     #[arg(long, env = "VCBACKUP_FLEET_MAX_VERIFY_AGE", default_value = "48h", value_name = "DURATION", value_parser = parse_delta)]
     pub max_verify_age: chrono::TimeDelta,
 
@@ -96,7 +97,7 @@ pub struct FleetArgs {
     #[arg(long, env = "VCBACKUP_FLEET_LISTEN", value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
 
-    /// How often the exporter (--listen) lists the destination again.
-    #[arg(long, env = "VCBACKUP_FLEET_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = schedule::parse_duration)]
+    /// How often the exporter (--listen) lists the destination again (at most 366d).
+    #[arg(long, env = "VCBACKUP_FLEET_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = schedule::parse_wait)]
     pub refresh: Duration,
 }

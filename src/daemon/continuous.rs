@@ -197,7 +197,30 @@ impl Scheduler<'_> {
     }
 }
 
-/// When the next look is due after one at `from`.
+/// When the next look is due after one at `from`; past the end of time (an
+/// interval the command line would refuse), never before the last instant.
 pub(super) fn next_look(from: DateTime<Utc>, interval: std::time::Duration) -> DateTime<Utc> {
-    from + chrono::TimeDelta::from_std(interval).unwrap_or(chrono::TimeDelta::MAX)
+    chrono::TimeDelta::from_std(interval)
+        .ok()
+        .and_then(|interval| from.checked_add_signed(interval))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_look_too_far_away_is_the_last_instant_not_a_panic() {
+        let now = Utc::now();
+        assert_eq!(
+            next_look(now, Duration::from_secs(30)),
+            now + chrono::TimeDelta::seconds(30)
+        );
+        // 300000y: past chrono's last year, 262143.
+        let far = Duration::from_secs(300_000 * 31_557_600);
+        assert_eq!(next_look(now, far), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(next_look(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+    }
 }

@@ -332,7 +332,8 @@ fn load_tls(given: &EtcdTls, data_dir: &Path, wait: Duration) -> Result<TlsOptio
 }
 
 fn wait_for_files(files: &[&Path], wait: Duration) -> Result<()> {
-    let deadline = Instant::now() + wait;
+    // None: a wait longer than the clock can tell, which never ends.
+    let deadline = Instant::now().checked_add(wait);
     let mut logged = false;
     loop {
         let missing: Vec<String> = files
@@ -343,7 +344,7 @@ fn wait_for_files(files: &[&Path], wait: Duration) -> Result<()> {
         if missing.is_empty() {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             bail!(
                 "etcd client certificates missing after waiting {}: {}; the vCluster syncer copies them into <data-dir>/pki when it starts, or pass --etcd-cacert, --etcd-cert and --etcd-key",
                 humantime::format_duration(wait),

@@ -46,7 +46,8 @@ macro_rules! storage_conformance {
             an_object_appears_only_when_whole,
             an_incomplete_body_leaves_nothing,
             a_cancelled_put_leaves_nothing,
-            sweeps_only_stale_unfinished_writes
+            sweeps_only_stale_unfinished_writes,
+            deleting_what_is_gone_succeeds
         );
     };
     (@each $backend:path; $($check:ident),*) => {$(
@@ -294,5 +295,21 @@ pub async fn sweeps_only_stale_unfinished_writes<B: Backend>(backend: &B) {
     let later = Utc::now() + chrono::Duration::minutes(1);
     assert_eq!(storage.abort_stale_uploads(later).await.unwrap(), 1);
     assert_eq!(backend.leftovers().await, Vec::<String>::new());
+    assert_eq!(listed(storage).await, [("kept".to_string(), 100)]);
+}
+
+/// Agents sharing a destination run retention on the same backups: whichever
+/// deletes an object second finds it gone, and that is a deletion too.
+pub async fn deleting_what_is_gone_succeeds<B: Backend>(backend: &B) {
+    let storage = storage_of(backend);
+    storage.put("gone", body_of(data(100, 7))).await.unwrap();
+    storage.put("kept", body_of(data(100, 8))).await.unwrap();
+    let at_once = futures_util::future::join_all((0..4).map(|_| storage.delete("gone"))).await;
+    for deleted in at_once {
+        deleted.unwrap();
+    }
+    storage.delete("gone").await.unwrap();
+    storage.delete("never-stored").await.unwrap();
+    assert_not_found(storage, "gone").await;
     assert_eq!(listed(storage).await, [("kept".to_string(), 100)]);
 }

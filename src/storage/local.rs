@@ -165,10 +165,14 @@ impl Storage for LocalStorage {
             if !is_object_name(&key) {
                 continue;
             }
-            let meta = entry
-                .metadata()
-                .await
-                .with_context(|| format!("stat {}", entry.path().display()))?;
+            let meta = match entry.metadata().await {
+                Ok(meta) => meta,
+                // Deleted since the directory was read (another agent's retention).
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    return Err(err).with_context(|| format!("stat {}", entry.path().display()));
+                }
+            };
             if !meta.is_file() {
                 continue;
             }
@@ -302,5 +306,43 @@ mod tests {
 
     mod conformance {
         crate::storage::conformance::storage_conformance!(super::local);
+    }
+
+    /// A listing reads the directory, then each file's size and time: another
+    /// agent's retention deletes some in between, and the listing goes on.
+    /// (An S3 listing is one answer per page: nothing to race there.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listing_while_another_agent_deletes_succeeds() {
+        const OBJECTS: usize = 300;
+        let backend = local().await;
+        let storage = &backend.storage;
+        std::fs::create_dir_all(&storage.dir).unwrap();
+        let keys: Vec<String> = (0..OBJECTS).map(|n| format!("o{n:03}")).collect();
+        for key in &keys {
+            std::fs::write(storage.dir.join(key), b"x").unwrap();
+        }
+        let other = LocalStorage::new(storage.dir.clone());
+        let deleting = tokio::spawn({
+            let keys = keys.clone();
+            async move {
+                for key in &keys {
+                    other.delete(key).await.unwrap();
+                }
+            }
+        });
+        let mut listings = 0;
+        loop {
+            let seen = storage.list().await.unwrap_or_else(|e| panic!("{e:#}"));
+            listings += 1;
+            assert!(seen.iter().all(|o| keys.contains(&o.key)), "{seen:?}");
+            if seen.is_empty() {
+                break;
+            }
+        }
+        deleting.await.unwrap();
+        assert!(
+            listings > 1,
+            "every deletion was over before the first listing"
+        );
     }
 }

@@ -27,5 +27,5 @@ pub use {
     http::*,
     kine::{incompressible_kine_db, kine_digest, small_kine_db},
     tools::*,
-    writer::{ROWS_PER_TXN, Writer, committed_prefix, start_writer},
+    writer::{ROWS_PER_TXN, Writer, committed_prefix, start_paced_writer, start_writer},
 };

@@ -23,6 +23,12 @@ pub struct Writer {
 pub const ROWS_PER_TXN: i64 = 3;
 
 pub fn start_writer(db: &Path) -> Writer {
+    start_paced_writer(db, Duration::ZERO)
+}
+
+/// As [`start_writer`], pausing `pause` after each commit: a writer that runs
+/// for minutes without growing the database by gigabytes.
+pub fn start_paced_writer(db: &Path, pause: Duration) -> Writer {
     let acked = Arc::new(AtomicI64::new(-1));
     let stop = Arc::new(AtomicBool::new(false));
     let (a, s, path) = (acked.clone(), stop.clone(), db.to_path_buf());
@@ -49,6 +55,9 @@ pub fn start_writer(db: &Path) -> Writer {
             tx.commit().map_err(|e| format!("txn {txn}: commit: {e}"))?;
             a.store(txn, Ordering::SeqCst);
             txn += 1;
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
         }
         Ok(txn)
     });

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use chrono::{DateTime, Utc};
 
 use self::client::{Bucket, to_chrono};
@@ -121,16 +122,22 @@ impl Storage for S3Storage {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let full = self.bucket.key(key)?;
-        self.bucket
+        let response = self
+            .bucket
             .client
             .delete_object()
             .bucket(self.bucket.name())
             .key(&full)
             .send()
-            .await
-            .map_err(|e| anyhow!(explain(&self.bucket.place, Action::Delete, &e)))
-            .with_context(|| format!("delete {}", self.bucket.url(&full)))?;
-        Ok(())
+            .await;
+        match response {
+            Ok(_) => Ok(()),
+            // Already gone (another agent's retention): AWS answers 204 then,
+            // some S3-compatible servers NoSuchKey.
+            Err(err) if err.code() == Some("NoSuchKey") => Ok(()),
+            Err(err) => Err(anyhow!(explain(&self.bucket.place, Action::Delete, &err)))
+                .with_context(|| format!("delete {}", self.bucket.url(&full))),
+        }
     }
 
     /// Aborts the multipart uploads under this virtual cluster's prefix that

@@ -314,14 +314,19 @@ pub(super) async fn abort_started_before(bucket: &Bucket, cutoff: DateTime<Utc>)
             if started.is_none_or(|t| t >= cutoff) {
                 continue;
             }
-            bucket
-                .abort_multipart_upload(key, id)
-                .send()
-                .await
-                .map_err(|e| anyhow!(explain(&bucket.place, Action::Abort, &e)))
-                .with_context(|| format!("abort unfinished upload of {}", bucket.url(key)))?;
-            tracing::info!(key = %bucket.url(key), "aborted a stale multipart upload");
-            aborted += 1;
+            match bucket.abort_multipart_upload(key, id).send().await {
+                Ok(_) => {
+                    tracing::info!(key = %bucket.url(key), "aborted a stale multipart upload");
+                    aborted += 1;
+                }
+                // Aborted since the listing, by another agent's sweep: nothing left to do.
+                Err(err) if err.code() == Some("NoSuchUpload") => {}
+                Err(err) => {
+                    return Err(anyhow!(explain(&bucket.place, Action::Abort, &err))).with_context(
+                        || format!("abort unfinished upload of {}", bucket.url(key)),
+                    );
+                }
+            }
         }
         key_marker = page.next_key_marker().map(str::to_string);
         upload_marker = page.next_upload_id_marker().map(str::to_string);

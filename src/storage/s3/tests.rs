@@ -23,15 +23,36 @@ use crate::storage::body_channel;
 use crate::storage::conformance::Backend;
 
 /// s3s-fs, with what these tests need on top: ListMultipartUploads (from the
-/// uploads it saw start, dated by their files, so a test can age them), and
-/// optionally a server that predates conditional writes and says so.
+/// uploads it saw start, dated by their files, so a test can age them),
+/// AWS's NoSuchUpload for an upload that is gone, and the [`Quirks`] of other
+/// servers.
 struct Server {
     fs: s3s_fs::FileSystem,
     root: PathBuf,
     /// Key and ID of every upload started.
     uploads: Mutex<Vec<(String, String)>>,
-    conditional_writes: bool,
+    quirks: Quirks,
 }
+
+/// How a server under test differs from AWS.
+#[derive(Debug, Clone, Copy)]
+struct Quirks {
+    /// Honours If-None-Match; without it, says NotImplemented, as servers
+    /// that predate conditional writes do.
+    conditional_writes: bool,
+    /// Answers NoSuchKey to deleting a missing key, as some S3-compatible
+    /// servers do, where AWS answers 204.
+    no_such_key_on_delete: bool,
+    /// Lists the uploads as a listing taken before any was aborted did: what
+    /// an agent sees whose sweep another agent's overtook.
+    lists_gone_uploads: bool,
+}
+
+const AWS: Quirks = Quirks {
+    conditional_writes: true,
+    no_such_key_on_delete: false,
+    lists_gone_uploads: false,
+};
 
 impl Server {
     /// s3s-fs keeps each unfinished upload's owner in this file.
@@ -40,7 +61,7 @@ impl Server {
     }
 
     fn refuse_if_none_match<T>(&self, if_none_match: &Option<T>) -> S3Result<()> {
-        if if_none_match.is_some() && !self.conditional_writes {
+        if if_none_match.is_some() && !self.quirks.conditional_writes {
             return Err(s3s::s3_error!(NotImplemented));
         }
         Ok(())
@@ -66,6 +87,10 @@ impl s3s::S3 for Server {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let path = self.root.join(&req.input.bucket).join(&req.input.key);
+        if self.quirks.no_such_key_on_delete && !path.exists() {
+            return Err(s3s::s3_error!(NoSuchKey));
+        }
         self.fs.delete_object(req).await
     }
     async fn list_objects_v2(
@@ -102,6 +127,10 @@ impl s3s::S3 for Server {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        // s3s-fs says AccessDenied here.
+        if !self.upload_file(&req.input.upload_id).exists() {
+            return Err(s3s::s3_error!(NoSuchUpload));
+        }
         self.fs.abort_multipart_upload(req).await
     }
     async fn list_multipart_uploads(
@@ -115,9 +144,12 @@ impl s3s::S3 for Server {
             .filter(|(key, _)| key.starts_with(&prefix))
             // Completed and aborted uploads have no file left.
             .filter_map(|(key, id)| {
-                let initiated = std::fs::metadata(self.upload_file(&id))
-                    .and_then(|m| m.modified())
-                    .ok()?;
+                let initiated = match std::fs::metadata(self.upload_file(&id)) {
+                    Ok(meta) => meta.modified().ok()?,
+                    // Long gone by now, but listed as it was.
+                    Err(_) if self.quirks.lists_gone_uploads => SystemTime::UNIX_EPOCH,
+                    Err(_) => return None,
+                };
                 Some(MultipartUpload {
                     key: Some(key),
                     upload_id: Some(id),
@@ -143,19 +175,19 @@ struct S3sFs {
 }
 
 async fn s3s_fs() -> S3sFs {
-    serve(true).await
+    serve(AWS).await
 }
 
 /// Serves a fresh s3s-fs with SigV4 checked, and opens `s3://bucket/p` on it
 /// with 5 MiB parts.
-async fn serve(conditional_writes: bool) -> S3sFs {
+async fn serve(quirks: Quirks) -> S3sFs {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("bucket")).unwrap();
     let server = Server {
         fs: s3s_fs::FileSystem::new(root.path()).unwrap(),
         root: root.path().canonicalize().unwrap(),
         uploads: Mutex::default(),
-        conditional_writes,
+        quirks,
     };
     let mut service = s3s::service::S3ServiceBuilder::new(server);
     service.set_auth(s3s::auth::SimpleAuth::from_single("AKIDTEST", "secret"));
@@ -265,7 +297,11 @@ async fn a_server_without_conditional_writes_is_written_to_without_them() {
     let S3sFs {
         storage,
         root: _root,
-    } = serve(false).await;
+    } = serve(Quirks {
+        conditional_writes: false,
+        ..AWS
+    })
+    .await;
     storage.put("small", body_of(1000, 1)).await.unwrap();
     assert!(!storage.bucket.conditional_writes());
     storage.put("large", body_of(11 * MIB, 1)).await.unwrap();
@@ -276,6 +312,42 @@ async fn a_server_without_conditional_writes_is_written_to_without_them() {
             ("small".to_string(), 1000)
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_answers_no_such_key_to_a_delete_has_deleted_it() {
+    let backend = serve(Quirks {
+        no_such_key_on_delete: true,
+        ..AWS
+    })
+    .await;
+    crate::storage::conformance::deleting_what_is_gone_succeeds(&backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_overtaken_by_another_agents_aborts_nothing_and_succeeds() {
+    let backend = serve(Quirks {
+        lists_gone_uploads: true,
+        ..AWS
+    })
+    .await;
+    let id = backend
+        .leave_unfinished("stale", Duration::from_secs(7200))
+        .await;
+    // The other agent's sweep, after this one listed the upload.
+    let bucket = &backend.storage.bucket;
+    let key = bucket.key("stale").unwrap();
+    bucket
+        .abort_multipart_upload(&key, &id)
+        .send()
+        .await
+        .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        backend.storage.abort_stale_uploads(cutoff).await.unwrap(),
+        0
+    );
+    assert!(backend.leftovers().await.is_empty());
 }
 
 #[tokio::test]
