@@ -186,7 +186,7 @@ pub struct RunArgs {
     /// Continuous backups: between full backups, ship what changed in the store (kine rows,
     /// etcd events) this often (e.g. `30s`) as increments of the newest full backup, so a
     /// restore loses at most about one interval. An interval without changes ships nothing.
-    /// 1s to 366d; off by default; see the README's "Continuous backups".
+    /// 1s to 366d; off by default; see docs/continuous-backups.md.
     #[arg(long, env = "VCBACKUP_INCREMENTAL_INTERVAL", value_name = "DURATION", value_parser = parse_interval)]
     pub incremental_interval: Option<Duration>,
 
