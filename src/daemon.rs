@@ -6,10 +6,11 @@
 //! the loop skip (and count) the slots it missed.
 
 mod continuous;
+mod read_back;
 mod unchanged;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -17,6 +18,8 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use tokio::time::Instant;
 
+use self::continuous::{Continuous, Next};
+use self::unchanged::SkipUnchanged;
 use crate::backup::{self, Stage};
 use crate::pipeline::Sealing;
 use crate::retention::{self, RetentionPolicy};
@@ -89,10 +92,8 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         state: &state,
         storage: storage.as_ref(),
         shutdown: &shutdown,
-        newest: Mutex::new(None),
-        last_mark: Mutex::new(None),
-        chain: Mutex::new(None),
-        chain_unavailable: std::sync::atomic::AtomicBool::new(false),
+        skip_unchanged: config.skip_unchanged.map(SkipUnchanged::new),
+        continuous: config.incremental_interval.map(Continuous::new),
     };
     let result = scheduler.run().await;
     shutdown.token.cancel();
@@ -106,14 +107,10 @@ struct Scheduler<'a> {
     state: &'a State,
     storage: &'a dyn Storage,
     shutdown: &'a Shutdown,
-    /// The newest backup in storage as last seen, for `--skip-unchanged`.
-    newest: Mutex<Option<crate::manifest::Manifest>>,
-    /// The unchanged mark this agent wrote last, replaced by the next.
-    last_mark: Mutex<Option<String>>,
-    /// The chain of increments this agent extends (`--incremental-interval`).
-    chain: Mutex<Option<continuous::Chain>>,
-    /// The newest base could not start a chain (no revision, no change feed).
-    chain_unavailable: std::sync::atomic::AtomicBool,
+    /// `--skip-unchanged`: its own state; the scheduler only asks it.
+    skip_unchanged: Option<SkipUnchanged>,
+    /// `--incremental-interval`: the chain this agent extends.
+    continuous: Option<Continuous>,
 }
 
 enum Outcome {
@@ -129,8 +126,11 @@ impl Scheduler<'_> {
         if catch_up {
             tracing::info!("catching up: taking a backup now (--no-catch-up turns this off)");
         }
-        if let Some(interval) = config.incremental_interval {
-            self.state.metrics.continuous.record_interval(interval);
+        if let Some(continuous) = &self.continuous {
+            self.state
+                .metrics
+                .continuous
+                .record_interval(continuous.interval);
             if !catch_up {
                 // Increments continue only a chain this agent started.
                 tracing::info!("continuous backups: taking a full backup now to start a chain");
@@ -155,7 +155,7 @@ impl Scheduler<'_> {
                 break;
             }
             // Continuous backups start with a base of their own, unchanged store or not.
-            let forced = catch_up && config.incremental_interval.is_some();
+            let forced = catch_up && self.continuous.is_some();
             catch_up = false;
             if let Outcome::Aborted = self.guarded_backup(forced).await {
                 return Ok(());
@@ -165,7 +165,7 @@ impl Scheduler<'_> {
         if config.backup_on_shutdown {
             tracing::info!("taking a final backup before stopping (--backup-on-shutdown)");
             self.guarded_backup(false).await;
-        } else if config.incremental_interval.is_some() {
+        } else if self.continuous.is_some() {
             // What changed since the last look goes out before the pod stops.
             let budget = self.shutdown.deadline(config.shutdown_timeout);
             if tokio::time::timeout_at(budget, self.ship_changes(true))
@@ -201,7 +201,9 @@ impl Scheduler<'_> {
         if let Some(at) = confirmed {
             self.state.confirmed_current(at);
         }
-        *self.last_mark.lock().unwrap_or_else(|e| e.into_inner()) = mark.map(|m| m.key.clone());
+        if let Some(skip) = &self.skip_unchanged {
+            skip.found_mark(mark.map(|m| m.key.clone()));
+        }
         let now = Utc::now();
         let interval = self.config.schedule.interval_at(now, self.config.timezone);
         match (backups.first(), interval) {
@@ -253,15 +255,15 @@ impl Scheduler<'_> {
     /// Waits for the full backup at `slot`, shipping increments every
     /// interval meanwhile (`--incremental-interval`); false if shutdown came first.
     async fn wait_shipping_changes(&self, slot: DateTime<Utc>) -> bool {
-        let Some(interval) = self.config.incremental_interval else {
+        let Some(continuous) = &self.continuous else {
             return self.sleep_until(slot).await;
         };
         loop {
-            let look = continuous::next_look(Utc::now(), interval);
+            let look = continuous::next_look(Utc::now(), continuous.interval);
             if slot <= look {
                 return self.sleep_until(slot).await;
             }
-            if !self.sleep_until_or(look, self.flush_signal()).await {
+            if !self.sleep_until_or(look, continuous.flush_signal()).await {
                 return false;
             }
             if !self.ship_within_shutdown().await {
@@ -287,6 +289,28 @@ impl Scheduler<'_> {
                     return false;
                 }
             }
+        }
+    }
+
+    /// One look at the store (`--incremental-interval`), and the full backup
+    /// it asks for when the chain cannot continue. `last` (at shutdown) only ships.
+    async fn ship_changes(&self, last: bool) {
+        let Some(continuous) = &self.continuous else {
+            return;
+        };
+        if let Next::FullBackup = continuous.look(last, &self.agent()).await {
+            self.guarded_backup(true).await;
+        }
+    }
+
+    /// What continuous backups need of this agent.
+    fn agent(&self) -> continuous::Agent<'_> {
+        continuous::Agent {
+            source: &self.config.source,
+            sealing: &self.config.sealing,
+            storage: self.storage,
+            vcluster: &self.config.vcluster,
+            state: self.state,
         }
     }
 
@@ -332,8 +356,11 @@ impl Scheduler<'_> {
             }
         };
         self.state.backup_started(started);
-        let source = match self.config.skip_unchanged.filter(|_| !forced) {
-            Some(max_age) => match self.unless_unchanged(source, max_age).await {
+        let source = match self.skip_unchanged.as_ref().filter(|_| !forced) {
+            Some(skip) => match skip
+                .unless_unchanged(source, self.storage, self.state)
+                .await
+            {
                 Some(source) => source,
                 None => return,
             },
@@ -351,9 +378,12 @@ impl Scheduler<'_> {
             Ok(manifest) => {
                 // A newer base is stored: the old chain ends here, whatever comes next
                 // (a restore of `latest` starts from this base).
-                self.end_chain();
+                if let Some(continuous) = &self.continuous {
+                    continuous.end_chain();
+                }
                 if self.config.verify_after_upload
-                    && let Err(err) = self.read_back(&manifest).await
+                    && let Err(err) =
+                        read_back::read_back(self.storage, self.state, &manifest).await
                 {
                     self.record_failure(Stage::Verify, &err);
                     return;
@@ -361,54 +391,14 @@ impl Scheduler<'_> {
                 self.state
                     .backup_succeeded(&manifest, clock.elapsed().as_secs_f64());
                 self.remember_newest(Some(&manifest));
-                self.start_chain(&manifest).await;
+                if let Some(continuous) = &self.continuous {
+                    continuous.start_chain(&manifest, &self.agent()).await;
+                }
                 if let Err(err) = self.apply_retention().await {
                     self.record_failure(Stage::Retention, &err);
                 }
             }
             Err(err) => self.record_failure(err.stage, &err.error),
-        }
-    }
-
-    /// Reads the uploaded backup back once, with the checks that need no key
-    /// (the pod holds none), and records the drill beside it.
-    async fn read_back(&self, manifest: &crate::manifest::Manifest) -> Result<()> {
-        use crate::metrics::VerifyResult;
-        let report = crate::verify::drill(
-            self.storage,
-            manifest,
-            crate::records::Mode::Keyless,
-            None,
-            &std::env::temp_dir(),
-        )
-        .await
-        .map_err(|err| err.context(format!("read back {}", manifest.name)))?;
-        let result = if report.ok {
-            VerifyResult::Ok
-        } else {
-            VerifyResult::Failed
-        };
-        self.state
-            .metrics
-            .record_verify(result, report.duration_seconds);
-        tracing::info!(
-            backup = %manifest.name,
-            result = if report.ok { "ok" } else { "failed" },
-            duration_seconds = format!("{:.2}", report.duration_seconds),
-            "read back the uploaded backup"
-        );
-        // The record is for people and `fleet`; the verdict stands without it.
-        if let Err(err) = crate::verify::store(self.storage, &report, &[]).await {
-            tracing::warn!("{err:#}");
-        }
-        match report.first_failure() {
-            None => Ok(()),
-            Some(check) => anyhow::bail!(
-                "verify {}: check {} failed: {}",
-                manifest.name,
-                check.name,
-                check.detail
-            ),
         }
     }
 
@@ -463,6 +453,12 @@ impl Scheduler<'_> {
             );
         }
         Ok(())
+    }
+
+    fn remember_newest(&self, newest: Option<&crate::manifest::Manifest>) {
+        if let Some(skip) = &self.skip_unchanged {
+            skip.remember_newest(newest);
+        }
     }
 
     fn record_failure(&self, stage: Stage, err: &anyhow::Error) {

@@ -19,6 +19,7 @@ mod http;
 mod increment;
 mod keyvalue;
 mod listing;
+mod lock;
 mod manifest;
 mod metrics;
 mod pipeline;

@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock::lock;
+
 pub struct Shutdown {
     pub token: CancellationToken,
     signalled: Arc<Mutex<Option<Instant>>>,
@@ -26,7 +28,7 @@ impl Shutdown {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
-            *at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            *lock(&at) = Some(Instant::now());
             tracing::info!("{name}: stopping; no new backups will start");
             t.cancel();
         });
@@ -40,7 +42,7 @@ impl Shutdown {
     /// When a running backup must be done: `budget` after the signal, or as
     /// long after it as the clock can tell (a budget the command line would refuse).
     pub fn deadline(&self, budget: Duration) -> Instant {
-        let signalled = *self.signalled.lock().unwrap_or_else(|e| e.into_inner());
+        let signalled = *lock(&self.signalled);
         let from = signalled.unwrap_or_else(Instant::now);
         from.checked_add(budget)
             .or_else(|| from.checked_add(crate::schedule::MAX_WAIT.max))

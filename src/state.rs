@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::backup::Stage;
+use crate::lock::lock;
 use crate::manifest::{Manifest, SourceKind};
 use crate::metrics::Metrics;
 
@@ -121,28 +122,24 @@ impl State {
 
     /// How long the scheduler loop has been silent, if too long.
     pub fn stalled_for(&self) -> Option<Duration> {
-        let last = *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *lock(&self.heartbeat);
         let silent = last.elapsed();
         (silent > STALLED_AFTER).then_some(silent)
     }
 
     /// The scheduler loop is alive.
     pub fn beat(&self) {
-        *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *lock(&self.heartbeat) = Instant::now();
     }
 
     pub fn status(&self) -> Status {
-        let mut status = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut status = lock(&self.status).clone();
         status.rpo_seconds = self.metrics.continuous.rpo_seconds(Utc::now());
         status
     }
 
     fn update(&self, change: impl FnOnce(&mut Status)) {
-        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+        change(&mut lock(&self.status));
     }
 
     pub fn next_run(&self, at: DateTime<Utc>) {

@@ -6,54 +6,79 @@
 //! went back, the etcd watch was lost), the agent takes a full backup at once
 //! and starts a new chain on it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::Scheduler;
 use crate::increment::feed::{Feed, Poll};
 use crate::increment::ship::{self, ChainHead, Look};
+use crate::lock::lock;
 use crate::manifest::Manifest;
+use crate::pipeline::Sealing;
+use crate::source::SourceConfig;
+use crate::state::State;
+use crate::storage::Storage;
 
-/// The chain this agent extends.
-pub(super) struct Chain {
+/// What a look at the store asks of the scheduler.
+pub(super) enum Next {
+    /// Nothing more this interval: shipped, nothing new, or a failure counted.
+    Wait,
+    /// The chain cannot continue: a full backup now starts a new one.
+    FullBackup,
+}
+
+/// What a look needs of the agent: where changes come from and go to.
+pub(super) struct Agent<'a> {
+    pub source: &'a SourceConfig,
+    pub sealing: &'a Arc<Sealing>,
+    pub storage: &'a dyn Storage,
+    pub vcluster: &'a str,
+    pub state: &'a State,
+}
+
+/// Continuous backups: the chain this agent extends, and how often it looks.
+pub(super) struct Continuous {
+    pub(super) interval: Duration,
+    chain: Mutex<Option<Chain>>,
+    /// The newest base could not start a chain (no revision, no change feed).
+    unavailable: AtomicBool,
+}
+
+struct Chain {
     head: ChainHead,
     feed: Arc<Mutex<Box<dyn Feed>>>,
 }
 
-impl Chain {
-    pub(super) fn flush_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
-        self.feed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .flush_signal()
+impl Continuous {
+    pub(super) fn new(interval: Duration) -> Self {
+        Continuous {
+            interval,
+            chain: Mutex::new(None),
+            unavailable: AtomicBool::new(false),
+        }
     }
-}
 
-impl Scheduler<'_> {
     /// A newer base is stored: the chain being extended ends.
     pub(super) fn end_chain(&self) {
-        self.chain.lock().unwrap_or_else(|e| e.into_inner()).take();
+        lock(&self.chain).take();
     }
 
     /// After a full backup: its changes from now on are this agent's to ship.
     /// When none can follow it, the agent says so and waits for the next
     /// scheduled backup rather than forcing full backups every interval.
-    pub(super) async fn start_chain(&self, base: &Manifest) {
-        if self.config.incremental_interval.is_none() {
-            return;
-        }
-        let started = self.follow(base).await;
-        self.chain_unavailable
-            .store(!started, std::sync::atomic::Ordering::Relaxed);
+    pub(super) async fn start_chain(&self, base: &Manifest, agent: &Agent<'_>) {
+        let started = self.follow(base, agent).await;
+        self.unavailable.store(!started, Ordering::Relaxed);
     }
 
-    async fn follow(&self, base: &Manifest) -> bool {
+    async fn follow(&self, base: &Manifest, agent: &Agent<'_>) -> bool {
         let Some(head) = ChainHead::on(base) else {
             tracing::warn!(backup = %base.name, "the backup records no revision: no increments can follow it until the next scheduled backup");
             return false;
         };
-        let spec = self.config.source.clone();
+        let spec = agent.source.clone();
         let revision = head.shipped;
         let feed = tokio::task::spawn_blocking(move || spec.open()?.changes_after(revision)).await;
         let feed = match feed {
@@ -72,45 +97,40 @@ impl Scheduler<'_> {
             }
         };
         tracing::info!(base = %base.name, revision, "increments follow this backup");
-        self.state.metrics.continuous.record_in_sync(base.started);
-        *self.chain.lock().unwrap_or_else(|e| e.into_inner()) = Some(Chain {
+        agent.state.metrics.continuous.record_in_sync(base.started);
+        *lock(&self.chain) = Some(Chain {
             head,
             feed: Arc::new(Mutex::new(feed)),
         });
         true
     }
 
+    /// Wakes the agent before the interval ends (etcd events piling up).
     pub(super) fn flush_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
-        self.chain
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.chain)
             .as_ref()
-            .and_then(Chain::flush_signal)
+            .and_then(|chain| lock(&chain.feed).flush_signal())
     }
 
-    /// One look at the store: ships an increment, or nothing, or takes a full
-    /// backup when the chain cannot continue. `last` (at shutdown) only ships.
-    pub(super) async fn ship_changes(&self, last: bool) {
-        let taken = self.chain.lock().unwrap_or_else(|e| e.into_inner()).take();
+    /// One look at the store: ships an increment, or nothing, or asks for a
+    /// full backup when the chain cannot continue. `last` (at shutdown) only ships.
+    pub(super) async fn look(&self, last: bool, agent: &Agent<'_>) -> Next {
+        let taken = lock(&self.chain).take();
         let Some(mut chain) = taken else {
             // The last base could not start a chain: the next scheduled backup tries again.
-            if last
-                || self
-                    .chain_unavailable
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return;
+            if last || self.unavailable.load(Ordering::Relaxed) {
+                return Next::Wait;
             }
             // A standby agent (--ha) checks again whether it leads now, quietly.
-            if self.state.status().standby.is_none() {
+            if agent.state.status().standby.is_none() {
                 tracing::info!("no chain of increments to continue: taking a full backup");
-                self.state
+                agent
+                    .state
                     .metrics
                     .continuous
                     .record_forced_full("no_chain", Utc::now());
             }
-            self.guarded_backup(true).await;
-            return;
+            return Next::FullBackup;
         };
         // The read starts after this time, so the increment holds every change up to it.
         let captured = Utc::now().trunc_subsecs(3);
@@ -120,13 +140,13 @@ impl Scheduler<'_> {
                     "standing by: {why}; the chain of increments of {} ends",
                     chain.head.base
                 );
-                self.state.standby(Some(why));
-                return;
+                agent.state.standby(Some(why));
+                return Next::Wait;
             }
             Ok(Look::Polled(poll)) => Ok(poll),
             Err(err) => Err(err),
         };
-        let metrics = &self.state.metrics.continuous;
+        let metrics = &agent.state.metrics.continuous;
         match polled {
             Err(err) => {
                 metrics.record_failed();
@@ -142,12 +162,11 @@ impl Scheduler<'_> {
                 metrics.record_forced_full(reason.label(), Utc::now());
                 if last {
                     tracing::warn!("{reason}; the next start takes a full backup");
-                    return;
+                } else {
+                    tracing::warn!("{reason}: taking a full backup now");
                 }
-                tracing::warn!("{reason}: taking a full backup now");
-                drop(chain);
-                self.guarded_backup(true).await;
-                return;
+                // The chain ends either way: a new base starts the next one.
+                return if last { Next::Wait } else { Next::FullBackup };
             }
             Ok(Poll::Changes {
                 first,
@@ -159,9 +178,9 @@ impl Scheduler<'_> {
                     &chain.head,
                     captured,
                     (first, last_revision, compact),
-                    &self.config.sealing,
-                    self.storage,
-                    &self.config.vcluster,
+                    agent.sealing,
+                    agent.storage,
+                    agent.vcluster,
                 )
                 .await;
                 match shipped {
@@ -189,11 +208,12 @@ impl Scheduler<'_> {
                 }
             }
         }
-        let mut slot = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.chain);
         // A full backup in between started a newer chain: that one wins.
         if slot.is_none() {
             *slot = Some(chain);
         }
+        Next::Wait
     }
 }
 

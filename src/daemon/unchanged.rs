@@ -5,14 +5,17 @@
 //! a mark `<backup>.unchanged-<time>.json` in storage tells a restarted agent
 //! and `fleet` the same. `--max-unchanged-age` forces a real backup.
 
+use std::sync::Mutex;
+
 use anyhow::Result;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 
-use super::Scheduler;
+use crate::lock::lock;
 use crate::manifest::{Manifest, SemanticRevision};
 use crate::records::{self, Kind, Record};
 use crate::source::Source;
-use crate::storage;
+use crate::state::State;
+use crate::storage::{self, Storage};
 
 /// The newest unchanged mark of `backup` among `records` (oldest first).
 pub(super) fn last_mark<'a>(records: &'a [Record], backup: &str) -> Option<&'a Record> {
@@ -22,9 +25,26 @@ pub(super) fn last_mark<'a>(records: &'a [Record], backup: &str) -> Option<&'a R
         .find(|r| r.kind == Kind::Unchanged && r.backup == backup)
 }
 
-impl Scheduler<'_> {
+/// `--skip-unchanged`: the newest backup as last seen, and the mark this
+/// agent wrote last (replaced by the next).
+pub(super) struct SkipUnchanged {
+    /// `--max-unchanged-age`: a real backup once the newest is this old.
+    max_age: TimeDelta,
+    newest: Mutex<Option<Manifest>>,
+    last_mark: Mutex<Option<String>>,
+}
+
+impl SkipUnchanged {
+    pub(super) fn new(max_age: TimeDelta) -> Self {
+        SkipUnchanged {
+            max_age,
+            newest: Mutex::new(None),
+            last_mark: Mutex::new(None),
+        }
+    }
+
     pub(super) fn remember_newest(&self, newest: Option<&Manifest>) {
-        let mut cached = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = lock(&self.newest);
         let newer = match (&*cached, newest) {
             (_, None) => false,
             (None, Some(_)) => true,
@@ -35,19 +55,21 @@ impl Scheduler<'_> {
         }
     }
 
+    /// At start: the mark found in storage, which this agent's next check replaces.
+    pub(super) fn found_mark(&self, key: Option<String>) {
+        *lock(&self.last_mark) = key;
+    }
+
     /// The source back when a backup is due, `None` when the store has not
     /// changed since the newest backup (and that was recorded). Any doubt
     /// (no newest backup, no recorded revision, a failed read) means a backup.
     pub(super) async fn unless_unchanged(
         &self,
         mut source: Box<dyn Source>,
-        max_age: TimeDelta,
+        storage: &dyn Storage,
+        state: &State,
     ) -> Option<Box<dyn Source>> {
-        let newest = self
-            .newest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let newest = lock(&self.newest).clone();
         let Some(newest) = newest else {
             return Some(source);
         };
@@ -56,7 +78,7 @@ impl Scheduler<'_> {
             return Some(source);
         };
         let now = Utc::now();
-        if now - newest.started >= max_age {
+        if now - newest.started >= self.max_age {
             tracing::info!(newest = %newest.name, "the newest backup is older than --max-unchanged-age; backing up");
             return Some(source);
         }
@@ -69,7 +91,7 @@ impl Scheduler<'_> {
             Ok(read) => read,
             Err(err) => {
                 // The source went with the panicked task; the next slot opens it again.
-                self.state.failed(
+                state.failed(
                     crate::backup::Stage::Source,
                     format!("read the semantic revision: {err}"),
                 );
@@ -78,7 +100,7 @@ impl Scheduler<'_> {
         };
         match current {
             Ok(Some(current)) if current == recorded => {
-                self.unchanged(&newest, current).await;
+                self.unchanged(&newest, current, storage, state).await;
                 None
             }
             Ok(_) => Some(source),
@@ -90,9 +112,15 @@ impl Scheduler<'_> {
     }
 
     /// Records a skipped backup: metrics and /status, then the mark in storage.
-    async fn unchanged(&self, newest: &Manifest, semantic: SemanticRevision) {
+    async fn unchanged(
+        &self,
+        newest: &Manifest,
+        semantic: SemanticRevision,
+        storage: &dyn Storage,
+        state: &State,
+    ) {
         let checked = Utc::now().trunc_subsecs(3);
-        self.state.backup_unchanged(&newest.name, checked);
+        state.backup_unchanged(&newest.name, checked);
         tracing::info!(
             newest = %newest.name,
             semantic_revision = semantic.revision,
@@ -100,7 +128,7 @@ impl Scheduler<'_> {
             "store unchanged since the newest backup: no backup taken"
         );
         // The mark only helps a restarted agent and `fleet`; the skip stands without it.
-        if let Err(err) = self.mark(newest, semantic, checked).await {
+        if let Err(err) = self.mark(newest, semantic, checked, storage).await {
             tracing::warn!("record the unchanged check: {err:#}");
         }
     }
@@ -112,6 +140,7 @@ impl Scheduler<'_> {
         newest: &Manifest,
         semantic: SemanticRevision,
         checked: DateTime<Utc>,
+        storage: &dyn Storage,
     ) -> Result<()> {
         let key = records::unchanged_key(&newest.name, checked);
         let body = serde_json::to_vec_pretty(&serde_json::json!({
@@ -120,14 +149,10 @@ impl Scheduler<'_> {
             "semantic_revision": semantic,
             "agent_version": env!("CARGO_PKG_VERSION"),
         }))?;
-        storage::put_bytes(self.storage, &key, body).await?;
-        let previous = self
-            .last_mark
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(key);
+        storage::put_bytes(storage, &key, body).await?;
+        let previous = lock(&self.last_mark).replace(key);
         if let Some(previous) = previous {
-            self.storage.delete(&previous).await?;
+            storage.delete(&previous).await?;
         }
         Ok(())
     }

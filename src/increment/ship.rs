@@ -11,6 +11,7 @@ use super::feed::{Feed, Poll};
 use super::format::{Header, VERSION};
 use super::{FORMAT_VERSION, IncrementManifest, increment_name};
 use crate::backup::{BackupError, seal_and_store, store_manifest};
+use crate::lock::lock;
 use crate::manifest::{self, Manifest};
 use crate::pipeline::Sealing;
 use crate::storage::Storage;
@@ -57,7 +58,7 @@ pub async fn ship(
     };
     let writer = Arc::clone(&feed);
     let stored = seal_and_store(storage, sealing, &name, "vcbackup-increment", move |out| {
-        let mut feed = writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut feed = lock(&writer);
         feed.write(&header, out)
     })
     .await;
@@ -65,7 +66,7 @@ pub async fn ship(
         Ok(stored) => stored,
         Err(err) => {
             // The read transaction ends, and etcd's events wait for the next look.
-            feed.lock().unwrap_or_else(|e| e.into_inner()).release();
+            lock(&feed).release();
             return Err(err);
         }
     };
@@ -93,7 +94,7 @@ pub async fn ship(
     // its changes wait for the next look.
     let key = manifest.manifest_key();
     let stored = store_manifest(storage, &key, manifest.to_json(), &[&name]).await;
-    let mut feed = feed.lock().unwrap_or_else(|e| e.into_inner());
+    let mut feed = lock(&feed);
     match stored {
         Ok(()) => feed.shipped(),
         Err(err) => {
@@ -116,7 +117,7 @@ pub enum Look {
 pub async fn look(feed: &Arc<Mutex<Box<dyn Feed>>>, shipped: i64) -> anyhow::Result<Look> {
     let feed = Arc::clone(feed);
     tokio::task::spawn_blocking(move || {
-        let mut feed = feed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut feed = lock(&feed);
         if let Some(why) = feed.standby()? {
             return Ok(Look::Standby(why));
         }

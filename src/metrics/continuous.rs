@@ -6,6 +6,8 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
 
+use crate::lock::lock;
+
 /// Why a full backup was taken between slots: the `reason` label.
 pub const FORCED_REASONS: [&str; 4] = ["compacted", "went_back", "watch_lost", "no_chain"];
 
@@ -86,7 +88,7 @@ impl ContinuousMetrics {
     /// Every change up to a read at `at` is stored (a new chain's base, an
     /// increment, or a look that found nothing new).
     pub fn record_in_sync(&self, at: DateTime<Utc>) {
-        let mut in_sync = self.in_sync_at.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_sync = lock(&self.in_sync_at);
         *in_sync = Some(in_sync.map_or(at, |was| was.max(at)));
     }
 
@@ -109,7 +111,7 @@ impl ContinuousMetrics {
 
     /// Sets the RPO gauge for a scrape at `now`.
     pub fn refresh(&self, now: DateTime<Utc>) {
-        let in_sync = *self.in_sync_at.lock().unwrap_or_else(|e| e.into_inner());
+        let in_sync = *lock(&self.in_sync_at);
         let rpo = in_sync.map_or(0.0, |at| {
             ((now - at).num_milliseconds().max(0)) as f64 / 1000.0
         });
@@ -117,7 +119,7 @@ impl ContinuousMetrics {
     }
 
     pub fn rpo_seconds(&self, now: DateTime<Utc>) -> Option<f64> {
-        let in_sync = *self.in_sync_at.lock().unwrap_or_else(|e| e.into_inner());
+        let in_sync = *lock(&self.in_sync_at);
         in_sync.map(|at| ((now - at).num_milliseconds().max(0)) as f64 / 1000.0)
     }
 }

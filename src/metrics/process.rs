@@ -10,6 +10,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Counter, Gauge, IntGauge};
 
+use crate::lock::lock;
+
 pub struct ProcessCollector {
     descs: Vec<Desc>,
     cpu: Counter,
@@ -90,7 +92,7 @@ impl Collector for ProcessCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let _collecting = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        let _collecting = lock(&self.collecting);
         // A scrape never fails for a missing /proc file: that metric keeps its last value.
         if let Ok(me) = Process::myself() {
             if let Ok(stat) = me.stat() {
