@@ -17,7 +17,6 @@ mod fleet;
 mod footprint;
 mod http;
 mod increment;
-mod keyvalue;
 mod listing;
 mod manifest;
 mod metrics;
@@ -27,9 +26,9 @@ mod restore;
 mod retention;
 mod schedule;
 mod shutdown;
-mod source;
 mod state;
 mod storage;
+mod store;
 mod vconfig;
 mod verify;
 

@@ -11,8 +11,8 @@ use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use super::Scheduler;
 use crate::manifest::{Manifest, SemanticRevision};
 use crate::records::{self, Kind, Record};
-use crate::source::Source;
 use crate::storage;
+use crate::store::Source;
 
 /// The newest unchanged mark of `backup` among `records` (oldest first).
 pub(super) fn last_mark<'a>(records: &'a [Record], backup: &str) -> Option<&'a Record> {

@@ -21,8 +21,48 @@ use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::Notify;
 
 use super::feed::{Feed, FullReason, Poll};
-use super::format::{EtcdEvent, EventKind, Header, Reader, Writer};
-use crate::keyvalue::Pair;
+use serde::{Deserialize, Serialize};
+
+use super::format::{Change, Header, Reader, Writer, base64_bytes};
+use crate::store::Pair;
+
+/// One etcd watch event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdEvent {
+    /// The revision of the change (the key's mod revision).
+    pub revision: i64,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    #[serde(with = "base64_bytes")]
+    pub key: Option<Vec<u8>>,
+    #[serde(
+        with = "base64_bytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub value: Option<Vec<u8>>,
+    #[serde(default)]
+    pub create_revision: i64,
+    #[serde(default)]
+    pub version: i64,
+    #[serde(default)]
+    pub lease: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+impl Change for EtcdEvent {
+    const SHARED_REVISIONS: bool = true;
+
+    fn revision(&self) -> i64 {
+        self.revision
+    }
+}
 
 /// Buffered event bytes that wake the agent before the interval ends.
 pub const FLUSH_BYTES: usize = 8 << 20;
@@ -57,7 +97,7 @@ pub struct EtcdFeed {
     taken: Vec<EtcdEvent>,
     task: tokio::task::JoinHandle<()>,
     /// Says whether another replica's agent backs up now (`--ha`).
-    source: Box<dyn crate::source::Source>,
+    source: Box<dyn crate::store::Source>,
     /// For the store's head revision at each look.
     client: Client,
     runtime: tokio::runtime::Handle,
@@ -75,7 +115,7 @@ impl EtcdFeed {
         client: Client,
         runtime: &tokio::runtime::Handle,
         revision: i64,
-        source: Box<dyn crate::source::Source>,
+        source: Box<dyn crate::store::Source>,
     ) -> Self {
         let pending = Arc::new(Mutex::new(Pending {
             received: revision,

@@ -19,7 +19,6 @@ pub mod apply;
 pub mod etcd;
 pub mod feed;
 pub mod format;
-pub mod kine;
 pub mod ship;
 
 use anyhow::{Context, Result, bail};

@@ -6,13 +6,11 @@
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-use rusqlite::{Connection, OpenFlags};
-
 use super::Check;
 use crate::manifest::{Manifest, SourceKind};
 use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, check_sealed_format, unseal};
-use crate::source::{BoltFile, DigestCheck, RevisionScanner};
+use crate::store::{BoltFile, DigestCheck, Finding, RevisionScanner};
+use anyhow::{Context, Result, anyhow, bail};
 
 const BUFFER: usize = 256 * 1024;
 
@@ -132,7 +130,11 @@ pub(super) fn full(
         },
     );
     match (manifest.kind, decoded.etcd) {
-        (SourceKind::Sqlite, _) => kine(&path, manifest, checks),
+        (SourceKind::Sqlite, _) => checks.extend(
+            crate::store::kine::drill::check(&path, manifest.revision)
+                .into_iter()
+                .map(Into::into),
+        ),
         (SourceKind::Etcd, Some((digest, revision))) => {
             etcd(&path, manifest, digest, revision, checks)
         }
@@ -186,79 +188,13 @@ fn decode(
     })
 }
 
-/// Step 3: SQLite's integrity check and kine's shape.
-fn kine(path: &Path, manifest: &Manifest, checks: &mut Vec<Check>) {
-    let conn = match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
-        Ok(conn) => conn,
-        Err(err) => {
-            checks.push(Check::fail(
-                "sqlite-integrity",
-                format!("open the database: {err}"),
-            ));
-            return;
-        }
-    };
-    let integrity = conn.prepare("PRAGMA integrity_check").and_then(|mut stmt| {
-        stmt.query_map([], |row| row.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-    });
-    checks.push(match integrity {
-        Ok(rows) if rows == ["ok"] => Check::pass("sqlite-integrity", "PRAGMA integrity_check: ok"),
-        Ok(rows) => Check::fail("sqlite-integrity", rows.join("; ")),
-        Err(err) => Check::fail("sqlite-integrity", err.to_string()),
-    });
-    let has_table: rusqlite::Result<i64> = conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'kine'",
-        [],
-        |row| row.get(0),
-    );
-    match has_table {
-        Ok(1) => checks.push(Check::pass("kine-table", "table kine present")),
-        Ok(_) => {
-            checks.push(Check::fail(
-                "kine-table",
-                "no table kine: not kine's database",
-            ));
-            return;
-        }
-        Err(err) => {
-            checks.push(Check::fail("kine-table", err.to_string()));
-            return;
+impl From<Finding> for Check {
+    fn from(finding: Finding) -> Self {
+        match finding.verdict {
+            Ok(detail) => Check::pass(finding.name, detail),
+            Err(detail) => Check::fail(finding.name, detail),
         }
     }
-    // As a backup records it: rows compacted away at the top still count.
-    let revision = crate::source::kine::kine_revision(&conn);
-    checks.push(match (revision, manifest.revision) {
-        (Ok(found), Some(recorded)) if found == recorded => Check::pass(
-            "kine-revision",
-            format!("revision {recorded} as in the manifest"),
-        ),
-        (Ok(found), Some(recorded)) => Check::fail(
-            "kine-revision",
-            format!(
-                "the revision (the higher of max(id) and sqlite_sequence) is {found}, the manifest records {recorded}"
-            ),
-        ),
-        (Ok(found), None) => Check::pass(
-            "kine-revision",
-            format!("revision {found}; the manifest records none"),
-        ),
-        (Err(err), _) => Check::fail("kine-revision", err.to_string()),
-    });
-    // An index range on kine's name index, not a scan.
-    let registry: rusqlite::Result<i64> = conn.query_row(
-        "SELECT count(*) FROM (SELECT 1 FROM kine WHERE name >= '/registry/' AND name < '/registry0' LIMIT 1)",
-        [],
-        |row| row.get(0),
-    );
-    checks.push(match registry {
-        Ok(1) => Check::pass("kine-registry-keys", "at least one /registry/ key"),
-        Ok(_) => Check::fail(
-            "kine-registry-keys",
-            "no /registry/ key: the store holds no Kubernetes object",
-        ),
-        Err(err) => Check::fail("kine-registry-keys", err.to_string()),
-    });
 }
 
 /// Step 4: etcd's digest, the bbolt tree, the revision.
