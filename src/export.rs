@@ -18,11 +18,11 @@ use tokio_util::io::SyncIoBridge;
 use std::sync::Arc;
 
 use crate::catalog::{self, Selector};
-use crate::increment::etcd::Changes;
 use crate::increment::{IncrementManifest, apply};
 use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
 use crate::pipeline::{Hashing, Identities, unseal};
 use crate::storage::{self, Destination, IncompleteBody, ObjectExists, Storage, body_channel};
+use crate::store::etcd::Changes;
 use crate::store::kine::KineApply;
 use crate::store::{self as stores, Pair};
 
@@ -504,7 +504,7 @@ fn produce(
     if pairs.kind() == SourceKind::Etcd && manifest.is_none() {
         let file =
             std::fs::File::open(&plain).with_context(|| format!("open {}", plain.display()))?;
-        stores::verify_snapshot_digest(io::BufReader::new(file))
+        stores::etcd::verify_snapshot_digest(io::BufReader::new(file))
             .with_context(|| format!("check {what}"))?;
     }
     let mtime = manifest

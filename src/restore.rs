@@ -144,7 +144,7 @@ pub async fn restore(
                 kine::live_revision(&target, force)?,
                 &what,
             )?,
-            SourceKind::Etcd => crate::store::check_restored_snapshot(temp.path(), &what)?,
+            SourceKind::Etcd => crate::store::etcd::check_restored_snapshot(temp.path(), &what)?,
         }
         install(temp, &target, force)
     })

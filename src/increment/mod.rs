@@ -16,7 +16,6 @@
 //! `ship` seals and stores one increment, `format` is the plaintext.
 
 pub mod apply;
-pub mod etcd;
 pub mod feed;
 pub mod format;
 pub mod ship;

@@ -6,10 +6,8 @@
 //! store-agnostic types only; each store lives in its own folder (`kine`,
 //! `etcd`), the only place that knows it, and `open` picks one.
 
-mod bolt;
 pub mod detect;
-mod etcd;
-mod etcd_pairs;
+pub mod etcd;
 pub mod kine;
 pub mod open;
 pub mod pairs;
@@ -22,10 +20,6 @@ use anyhow::Result;
 use crate::increment::feed::Feed;
 use crate::manifest::{EtcdFacts, SemanticRevision, SourceKind};
 
-pub use bolt::{BoltFile, RevisionScanner};
-pub use etcd::{
-    DigestCheck, EtcdOptions, EtcdTls, check_restored_snapshot, verify_snapshot_digest,
-};
 pub use open::{HaMode, SourceConfig, SourceSpec};
 pub use pairs::Pair;
 

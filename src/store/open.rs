@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 
 use super::Source;
 use super::detect::{Detected, detect};
+use super::etcd::pairs::EtcdPages;
 use super::etcd::{EtcdOptions, EtcdSource};
-use super::etcd_pairs::EtcdPages;
 use super::kine::SqliteSource;
 use super::kine::pairs::KinePages;
 use super::pairs::{KeyValues, Pages};
@@ -163,7 +163,7 @@ pub fn backup_kind(path: &Path) -> Result<SourceKind> {
     if head[..n].starts_with(super::kine::SQLITE_HEADER) {
         return Ok(SourceKind::Sqlite);
     }
-    if super::bolt::is_bolt(&head[..n]) {
+    if super::etcd::bolt::is_bolt(&head[..n]) {
         return Ok(SourceKind::Etcd);
     }
     bail!(

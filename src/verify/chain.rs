@@ -11,12 +11,12 @@ use anyhow::{Result, bail};
 use tokio_util::io::SyncIoBridge;
 
 use super::Check;
-use crate::increment::etcd::EtcdEvent;
 use crate::increment::format::Reader;
 use crate::increment::{Chain, IncrementManifest, apply};
 use crate::manifest::SourceKind;
 use crate::pipeline::{CheckStored, Identities};
 use crate::storage::Storage;
+use crate::store::etcd::EtcdEvent;
 use crate::store::kine::KineRow;
 
 /// What a chain check found: a line for people, and the check for the

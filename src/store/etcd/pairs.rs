@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::{Connection, params};
 
 use super::bolt::{BoltFile, ValueAt};
-use super::pairs::{Pages, Pair, page_full};
+use crate::store::pairs::{Pages, Pair, page_full};
 
 /// SQLite's page cache for the index, in KiB (negative: a size, not pages).
 const INDEX_CACHE_KIB: i64 = 16 * 1024;
