@@ -163,7 +163,7 @@ pub fn backup_kind(path: &Path) -> Result<SourceKind> {
     if head[..n].starts_with(super::kine::SQLITE_HEADER) {
         return Ok(SourceKind::Sqlite);
     }
-    if super::etcd::bolt::is_bolt(&head[..n]) {
+    if super::etcd::is_bolt(&head[..n]) {
         return Ok(SourceKind::Etcd);
     }
     bail!(

@@ -19,6 +19,7 @@ pub mod overlay;
 pub mod pairs;
 pub mod source;
 
+pub use bolt::is_bolt;
 pub use client::{EtcdOptions, EtcdTls, default_cert_paths};
 pub use digest::{check_restored_snapshot, verify_snapshot_digest};
 pub use event::EtcdEvent;
