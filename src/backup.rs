@@ -8,8 +8,8 @@ use chrono::{SubsecRound, Utc};
 
 use crate::manifest::{self, Manifest};
 use crate::pipeline::{Fingerprint, Sealing};
-use crate::source::Source;
 use crate::storage::{self, IncompleteBody, Storage, body_channel};
+use crate::store::Source;
 use crate::vconfig::ConfigSource;
 
 /// Chunks handed from the pipeline to storage; with `CHUNK_DEPTH` they bound

@@ -25,9 +25,9 @@ use crate::pipeline::Sealing;
 use crate::retention::{self, RetentionPolicy};
 use crate::schedule::{self, Schedule};
 use crate::shutdown::Shutdown;
-use crate::source::{Source, SourceConfig};
 use crate::state::State;
 use crate::storage::{Destination, Storage};
+use crate::store::{Source, SourceConfig};
 use crate::vconfig::ConfigSource;
 
 /// The loop wakes at least this often, to notice clock jumps and show it is alive.

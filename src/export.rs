@@ -18,13 +18,13 @@ use tokio_util::io::SyncIoBridge;
 use std::sync::Arc;
 
 use crate::catalog::{self, Selector};
-use crate::increment::etcd::Changes;
-use crate::increment::kine::KineApply;
 use crate::increment::{IncrementManifest, apply};
-use crate::keyvalue::{KeyValues, Pair};
 use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
 use crate::pipeline::{Hashing, Identities, unseal};
 use crate::storage::{self, Destination, IncompleteBody, ObjectExists, Storage, body_channel};
+use crate::store::etcd::Changes;
+use crate::store::kine::KineApply;
+use crate::store::{self as stores, Pair};
 
 /// The entry `vcluster create --restore` reads its values and chart version from.
 pub const RELEASE_ENTRY: &[u8] = b"/vcluster/snapshot/release";
@@ -499,11 +499,12 @@ fn produce(
         )?,
         _ => None,
     };
-    let pairs = KeyValues::open(&plain, scratch.path()).with_context(|| format!("read {what}"))?;
+    let pairs =
+        stores::open::key_values(&plain, scratch.path()).with_context(|| format!("read {what}"))?;
     if pairs.kind() == SourceKind::Etcd && manifest.is_none() {
         let file =
             std::fs::File::open(&plain).with_context(|| format!("open {}", plain.display()))?;
-        crate::source::verify_snapshot_digest(io::BufReader::new(file))
+        stores::etcd::verify_snapshot_digest(io::BufReader::new(file))
             .with_context(|| format!("check {what}"))?;
     }
     let mtime = manifest
@@ -532,7 +533,7 @@ fn apply_increments(
         let reader = runtime.block_on(storage.get(&m.name))?;
         Ok(SyncIoBridge::new_with_handle(reader, runtime.clone()))
     };
-    match crate::keyvalue::detect(plain)? {
+    match stores::open::backup_kind(plain)? {
         SourceKind::Sqlite => {
             let mut kine = KineApply::open(plain, base_revision, what)?;
             for m in increments {

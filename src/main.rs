@@ -1,9 +1,11 @@
 //! vcbackup: consistent, encrypted backups of a vCluster control plane.
 //!
 //! The outline: parse and check the command line, set up logging, then run
-//! one command. A backup's path through the code: `source` (a consistent
-//! snapshot) → `pipeline` (zstd, age) → `storage` (local, S3), orchestrated by
-//! `backup`; `catalog` reads backups back for `list`, `restore` and retention.
+//! one command. A backup's path through the code: `store` (a consistent
+//! snapshot of kine's SQLite or etcd, each in its own folder) → `pipeline`
+//! (zstd, age) → `storage` (local, S3), orchestrated by `backup`; `catalog`
+//! reads backups back for `list`, `restore` and retention; `increment` ships
+//! and applies continuous backups without knowing either store.
 
 mod background;
 mod backup;
@@ -17,7 +19,6 @@ mod fleet;
 mod footprint;
 mod http;
 mod increment;
-mod keyvalue;
 mod listing;
 mod lock;
 mod manifest;
@@ -28,9 +29,9 @@ mod restore;
 mod retention;
 mod schedule;
 mod shutdown;
-mod source;
 mod state;
 mod storage;
+mod store;
 mod vconfig;
 mod verify;
 

@@ -92,7 +92,7 @@ pub struct Manifest {
 }
 
 /// The newest change outside Leases, Events, `compact_rev_key*` and `gap-*`
-/// (see `source::semantic`): equal values mean the store did not change for users.
+/// (see `store::semantic`): equal values mean the store did not change for users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SemanticRevision {
     /// The newest revision of a key outside the ignored prefixes.

@@ -13,12 +13,11 @@ use tokio_util::io::SyncIoBridge;
 
 use std::sync::Arc;
 
-use crate::increment::kine::KineApply;
 use crate::increment::{Chain, apply};
 use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key, rfc3339};
 use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, unseal};
-use crate::source::kine;
 use crate::storage::Storage;
+use crate::store::kine::{self, KineApply};
 
 /// How `restore` treats the target and kine's revision.
 pub struct RestoreOptions {
@@ -145,7 +144,7 @@ pub async fn restore(
                 kine::live_revision(&target, force)?,
                 &what,
             )?,
-            SourceKind::Etcd => crate::source::check_restored_snapshot(temp.path(), &what)?,
+            SourceKind::Etcd => crate::store::etcd::check_restored_snapshot(temp.path(), &what)?,
         }
         install(temp, &target, force)
     })

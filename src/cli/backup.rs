@@ -16,7 +16,8 @@ use crate::daemon::DaemonConfig;
 use crate::pipeline::{Compression, Recipients, Sealing};
 use crate::retention::RetentionPolicy;
 use crate::schedule::{self, Schedule};
-use crate::source::{EtcdOptions, EtcdTls, HaMode, SourceConfig, SourceSpec};
+use crate::store::etcd::{EtcdOptions, EtcdTls};
+use crate::store::{HaMode, SourceConfig, SourceSpec};
 
 /// Where a backup comes from and how it is sealed.
 #[derive(Debug, Args)]

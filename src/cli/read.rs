@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use super::target::{StorageArgs, parse_time};
 use crate::catalog::Selector;
 use crate::pipeline::Identities;
-use crate::source::kine::IntegrityCheck;
+use crate::store::kine::IntegrityCheck;
 
 #[derive(Debug, Args)]
 pub struct ListArgs {

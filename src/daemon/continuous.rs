@@ -17,9 +17,9 @@ use crate::increment::ship::{self, ChainHead, Look};
 use crate::lock::lock;
 use crate::manifest::Manifest;
 use crate::pipeline::Sealing;
-use crate::source::SourceConfig;
 use crate::state::State;
 use crate::storage::Storage;
+use crate::store::SourceConfig;
 
 /// What a look at the store asks of the scheduler.
 pub(super) enum Next {

@@ -13,9 +13,9 @@ use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use crate::lock::lock;
 use crate::manifest::{Manifest, SemanticRevision};
 use crate::records::{self, Kind, Record};
-use crate::source::Source;
 use crate::state::State;
 use crate::storage::{self, Storage};
+use crate::store::Source;
 
 /// The newest unchanged mark of `backup` among `records` (oldest first).
 pub(super) fn last_mark<'a>(records: &'a [Record], backup: &str) -> Option<&'a Record> {

@@ -3,11 +3,9 @@
 //! then an end line with the count: a file cut short lacks the end line even
 //! where the layers around it would not notice.
 //!
-//! - kine: one line per `kine` row, every column as it is, the id kept
-//!   (`create_revision`, `prev_revision` and the unique index refer to ids).
-//! - etcd: one line per watch event (put or delete) with its revisions.
-//!
-//! Keys and values are bytes: base64 in JSON.
+//! What a change line holds is the store's (`store::kine::KineRow`, one row of
+//! kine's table; `store::etcd::EtcdEvent`, one watch event): anything with a
+//! revision that serializes. Keys and values are bytes: base64 in JSON.
 
 use std::io::{BufRead, Write};
 
@@ -34,75 +32,13 @@ pub struct Header {
     pub compact_revision: i64,
 }
 
-/// One row of kine's table, every column as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KineRow {
-    pub id: i64,
-    pub name: String,
-    pub created: i64,
-    pub deleted: i64,
-    pub create_revision: i64,
-    pub prev_revision: i64,
-    pub lease: i64,
-    #[serde(with = "base64_bytes")]
-    pub value: Option<Vec<u8>>,
-    #[serde(with = "base64_bytes")]
-    pub old_value: Option<Vec<u8>>,
-}
-
-/// One etcd watch event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EtcdEvent {
-    /// The revision of the change (the key's mod revision).
-    pub revision: i64,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    #[serde(with = "base64_bytes")]
-    pub key: Option<Vec<u8>>,
-    #[serde(
-        with = "base64_bytes",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub value: Option<Vec<u8>>,
-    #[serde(default)]
-    pub create_revision: i64,
-    #[serde(default)]
-    pub version: i64,
-    #[serde(default)]
-    pub lease: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    Put,
-    Delete,
-}
-
-/// A change in an increment: a kine row or an etcd event, at a revision.
+/// A change in an increment (a kine row, an etcd event), at a revision.
 pub trait Change: serde::de::DeserializeOwned {
     /// Whether several changes may share a revision (an etcd transaction);
     /// kine's ids are unique.
     const SHARED_REVISIONS: bool;
 
     fn revision(&self) -> i64;
-}
-
-impl Change for KineRow {
-    const SHARED_REVISIONS: bool = false;
-
-    fn revision(&self) -> i64 {
-        self.id
-    }
-}
-
-impl Change for EtcdEvent {
-    const SHARED_REVISIONS: bool = true;
-
-    fn revision(&self) -> i64 {
-        self.revision
-    }
 }
 
 /// The last line: how many changes came before it.
@@ -233,7 +169,8 @@ fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>, what: &str) -> Result
     Ok(true)
 }
 
-mod base64_bytes {
+/// Bytes as base64 in JSON (`#[serde(with = ...)]`), `null` for none.
+pub mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -271,21 +208,44 @@ mod tests {
         }
     }
 
-    fn row(id: i64) -> KineRow {
-        KineRow {
-            id,
-            name: format!("/registry/configmaps/default/c{id}"),
-            created: 1,
-            deleted: 0,
-            create_revision: 0,
-            prev_revision: 0,
-            lease: 0,
-            value: Some(vec![0, 159, 146, 150, b'\n']),
-            old_value: None,
+    /// A change with unique revisions, as kine's rows have.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    struct Row {
+        id: i64,
+        #[serde(with = "base64_bytes")]
+        value: Option<Vec<u8>>,
+    }
+
+    impl Change for Row {
+        const SHARED_REVISIONS: bool = false;
+
+        fn revision(&self) -> i64 {
+            self.id
         }
     }
 
-    fn written(rows: &[KineRow]) -> Vec<u8> {
+    /// A change whose revision several may share, as etcd's events do.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    struct Event {
+        revision: i64,
+    }
+
+    impl Change for Event {
+        const SHARED_REVISIONS: bool = true;
+
+        fn revision(&self) -> i64 {
+            self.revision
+        }
+    }
+
+    fn row(id: i64) -> Row {
+        Row {
+            id,
+            value: Some(vec![0, 159, 146, 150, b'\n']),
+        }
+    }
+
+    fn written(rows: &[Row]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut writer = Writer::start(&mut out, &header()).unwrap();
         for row in rows {
@@ -301,9 +261,9 @@ mod tests {
         let data = written(&rows);
         let mut reader = Reader::open(&data[..], "incr").unwrap();
         assert_eq!(reader.header, header());
-        assert_eq!(reader.next::<KineRow>().unwrap(), Some(rows[0].clone()));
-        assert_eq!(reader.next::<KineRow>().unwrap(), Some(rows[1].clone()));
-        assert_eq!(reader.next::<KineRow>().unwrap(), None);
+        assert_eq!(reader.next::<Row>().unwrap(), Some(rows[0].clone()));
+        assert_eq!(reader.next::<Row>().unwrap(), Some(rows[1].clone()));
+        assert_eq!(reader.next::<Row>().unwrap(), None);
     }
 
     fn read_all<T: Change>(data: &[u8]) -> Result<u64> {
@@ -314,39 +274,28 @@ mod tests {
 
     #[test]
     fn changes_come_in_revision_order_inside_the_header_range() {
-        assert_eq!(
-            read_all::<KineRow>(&written(&[row(11), row(12)])).unwrap(),
-            2
-        );
+        assert_eq!(read_all::<Row>(&written(&[row(11), row(12)])).unwrap(), 2);
         for rows in [
             [row(12), row(11)],
             [row(11), row(11)],
             [row(10), row(11)],
             [row(11), row(13)],
         ] {
-            let err = read_all::<KineRow>(&written(&rows)).unwrap_err();
+            let err = read_all::<Row>(&written(&rows)).unwrap_err();
             assert!(
                 format!("{err:#}").contains("out of order or outside"),
                 "{err:#}"
             );
         }
         // An etcd transaction: several events at one revision.
-        let event = |revision| EtcdEvent {
-            revision,
-            kind: EventKind::Put,
-            key: Some(b"/k".to_vec()),
-            value: Some(b"v".to_vec()),
-            create_revision: revision,
-            version: 1,
-            lease: 0,
-        };
+        let event = |revision| Event { revision };
         let mut out = Vec::new();
         let mut writer = Writer::start(&mut out, &header()).unwrap();
         for revision in [11, 11, 12] {
             writer.change(&event(revision)).unwrap();
         }
         writer.finish().unwrap();
-        assert_eq!(read_all::<EtcdEvent>(&out).unwrap(), 3);
+        assert_eq!(read_all::<Event>(&out).unwrap(), 3);
     }
 
     #[test]
@@ -362,7 +311,7 @@ mod tests {
         {
             let mut reader = Reader::open(&data[..cut], "incr").unwrap();
             let error = loop {
-                match reader.next::<KineRow>() {
+                match reader.next::<Row>() {
                     Ok(Some(_)) => {}
                     Ok(None) => panic!("a cut at {cut} read as complete"),
                     Err(err) => break err,
@@ -374,7 +323,7 @@ mod tests {
         let mut reader = Reader::open(&data[..data.len() - 3], "incr").unwrap();
         let mut last = Ok(None);
         for _ in 0..4 {
-            last = reader.next::<KineRow>();
+            last = reader.next::<Row>();
             if last.is_err() {
                 break;
             }

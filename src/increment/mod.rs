@@ -16,10 +16,8 @@
 //! `ship` seals and stores one increment, `format` is the plaintext.
 
 pub mod apply;
-pub mod etcd;
 pub mod feed;
 pub mod format;
-pub mod kine;
 pub mod ship;
 
 use anyhow::{Context, Result, bail};

@@ -11,11 +11,13 @@ use anyhow::{Result, bail};
 use tokio_util::io::SyncIoBridge;
 
 use super::Check;
-use crate::increment::format::{EtcdEvent, KineRow, Reader};
+use crate::increment::format::Reader;
 use crate::increment::{Chain, IncrementManifest, apply};
 use crate::manifest::SourceKind;
 use crate::pipeline::{CheckStored, Identities};
 use crate::storage::Storage;
+use crate::store::etcd::EtcdEvent;
+use crate::store::kine::KineRow;
 
 /// What a chain check found: a line for people, and the check for the
 /// drill's record (a failed chain fails the drill).

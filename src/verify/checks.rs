@@ -1,18 +1,18 @@
 //! The blocking half of a drill: the object is read once, as a stream,
 //! through every check that needs its bytes. Only the checks that need random
 //! access (SQLite's integrity check, the bbolt walk) read the plaintext from
-//! a scratch file, in a private directory removed when the drill ends.
+//! a scratch file, in a private directory removed when the drill ends. What a
+//! store's own checks are is the store's (`store::kine::drill`, `store::etcd::drill`).
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-use rusqlite::{Connection, OpenFlags};
-
 use super::Check;
 use crate::manifest::{Manifest, SourceKind};
 use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, check_sealed_format, unseal};
-use crate::source::{BoltFile, DigestCheck, RevisionScanner};
+use crate::store::Finding;
+use crate::store::etcd::drill::{StreamCheck, StreamVerdict};
+use anyhow::{Context, Result, anyhow, bail};
 
 const BUFFER: usize = 256 * 1024;
 
@@ -61,8 +61,8 @@ fn stored_verdict(result: Result<()>, manifest: &Manifest) -> Result<String> {
 /// What the plaintext stream showed on its way to the scratch file.
 struct Decoded {
     fingerprint: Fingerprint,
-    /// An etcd snapshot's digest verdict and revision, read as it passed.
-    etcd: Option<(Result<u64>, Result<i64, String>)>,
+    /// What an etcd snapshot showed as it passed (its digest, its revision).
+    etcd: Option<StreamVerdict>,
 }
 
 /// Steps 1 to 4: the object decrypted and decompressed in one pass, then the
@@ -132,10 +132,16 @@ pub(super) fn full(
         },
     );
     match (manifest.kind, decoded.etcd) {
-        (SourceKind::Sqlite, _) => kine(&path, manifest, checks),
-        (SourceKind::Etcd, Some((digest, revision))) => {
-            etcd(&path, manifest, digest, revision, checks)
-        }
+        (SourceKind::Sqlite, _) => checks.extend(
+            crate::store::kine::drill::check(&path, manifest.revision)
+                .into_iter()
+                .map(Into::into),
+        ),
+        (SourceKind::Etcd, Some(stream)) => checks.extend(
+            crate::store::etcd::drill::check(&path, manifest.revision, stream)
+                .into_iter()
+                .map(Into::into),
+        ),
         (SourceKind::Etcd, None) => {}
     }
     // Removes the scratch file and whatever SQLite made beside it.
@@ -159,8 +165,7 @@ fn decode(
         .open(path)
         .with_context(|| format!("create scratch file {}", path.display()))?;
     let mut out = Hashing::new(BufWriter::with_capacity(BUFFER, file));
-    let mut etcd =
-        (manifest.kind == SourceKind::Etcd).then(|| (DigestCheck::new(), RevisionScanner::new()));
+    let mut etcd = (manifest.kind == SourceKind::Etcd).then(StreamCheck::new);
     let mut buf = vec![0u8; BUFFER];
     loop {
         let n = match plaintext.read(&mut buf) {
@@ -171,8 +176,8 @@ fn decode(
         };
         out.write_all(&buf[..n])
             .with_context(|| format!("write scratch file {}", path.display()))?;
-        if let Some((digest, scanner)) = etcd.as_mut() {
-            digest.update(&buf[..n], |db| scanner.feed(db));
+        if let Some(stream) = etcd.as_mut() {
+            stream.update(&buf[..n]);
         }
     }
     let (fingerprint, writer) = out.finish();
@@ -182,133 +187,15 @@ fn decode(
         .with_context(|| format!("write scratch file {}", path.display()))?;
     Ok(Decoded {
         fingerprint,
-        etcd: etcd.map(|(digest, scanner)| (digest.finish(), scanner.finish())),
+        etcd: etcd.map(StreamCheck::finish),
     })
 }
 
-/// Step 3: SQLite's integrity check and kine's shape.
-fn kine(path: &Path, manifest: &Manifest, checks: &mut Vec<Check>) {
-    let conn = match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
-        Ok(conn) => conn,
-        Err(err) => {
-            checks.push(Check::fail(
-                "sqlite-integrity",
-                format!("open the database: {err}"),
-            ));
-            return;
-        }
-    };
-    let integrity = conn.prepare("PRAGMA integrity_check").and_then(|mut stmt| {
-        stmt.query_map([], |row| row.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-    });
-    checks.push(match integrity {
-        Ok(rows) if rows == ["ok"] => Check::pass("sqlite-integrity", "PRAGMA integrity_check: ok"),
-        Ok(rows) => Check::fail("sqlite-integrity", rows.join("; ")),
-        Err(err) => Check::fail("sqlite-integrity", err.to_string()),
-    });
-    let has_table: rusqlite::Result<i64> = conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'kine'",
-        [],
-        |row| row.get(0),
-    );
-    match has_table {
-        Ok(1) => checks.push(Check::pass("kine-table", "table kine present")),
-        Ok(_) => {
-            checks.push(Check::fail(
-                "kine-table",
-                "no table kine: not kine's database",
-            ));
-            return;
-        }
-        Err(err) => {
-            checks.push(Check::fail("kine-table", err.to_string()));
-            return;
+impl From<Finding> for Check {
+    fn from(finding: Finding) -> Self {
+        match finding.verdict {
+            Ok(detail) => Check::pass(finding.name, detail),
+            Err(detail) => Check::fail(finding.name, detail),
         }
     }
-    // As a backup records it: rows compacted away at the top still count.
-    let revision = crate::source::kine::kine_revision(&conn);
-    checks.push(match (revision, manifest.revision) {
-        (Ok(found), Some(recorded)) if found == recorded => Check::pass(
-            "kine-revision",
-            format!("revision {recorded} as in the manifest"),
-        ),
-        (Ok(found), Some(recorded)) => Check::fail(
-            "kine-revision",
-            format!(
-                "the revision (the higher of max(id) and sqlite_sequence) is {found}, the manifest records {recorded}"
-            ),
-        ),
-        (Ok(found), None) => Check::pass(
-            "kine-revision",
-            format!("revision {found}; the manifest records none"),
-        ),
-        (Err(err), _) => Check::fail("kine-revision", err.to_string()),
-    });
-    // An index range on kine's name index, not a scan.
-    let registry: rusqlite::Result<i64> = conn.query_row(
-        "SELECT count(*) FROM (SELECT 1 FROM kine WHERE name >= '/registry/' AND name < '/registry0' LIMIT 1)",
-        [],
-        |row| row.get(0),
-    );
-    checks.push(match registry {
-        Ok(1) => Check::pass("kine-registry-keys", "at least one /registry/ key"),
-        Ok(_) => Check::fail(
-            "kine-registry-keys",
-            "no /registry/ key: the store holds no Kubernetes object",
-        ),
-        Err(err) => Check::fail("kine-registry-keys", err.to_string()),
-    });
-}
-
-/// Step 4: etcd's digest, the bbolt tree, the revision.
-fn etcd(
-    path: &Path,
-    manifest: &Manifest,
-    digest: Result<u64>,
-    revision: Result<i64, String>,
-    checks: &mut Vec<Check>,
-) {
-    checks.push(Check::from(
-        "etcd-digest",
-        digest.map(|size| format!("etcd's SHA-256 of the {size}-byte database matches")),
-    ));
-    checks.push(Check::from("bbolt-walk", walk(path)));
-    checks.push(match (revision, manifest.revision) {
-        (Ok(found), Some(recorded)) if found == recorded => Check::pass(
-            "etcd-revision",
-            format!("revision {recorded} as in the manifest"),
-        ),
-        (Ok(found), Some(recorded)) => Check::fail(
-            "etcd-revision",
-            format!("the snapshot is at revision {found}, the manifest records {recorded}"),
-        ),
-        (Ok(found), None) => Check::pass(
-            "etcd-revision",
-            format!("revision {found}; the manifest records none"),
-        ),
-        (Err(why), _) => Check::fail("etcd-revision", why),
-    });
-}
-
-/// Walks every page of the `key` bucket: each entry must be keyed by a revision.
-fn walk(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let bolt = BoltFile::open(file).map_err(|why| anyhow!("{why}"))?;
-    let mut entries = 0u64;
-    bolt.for_each_in_bucket(b"key", |key, _, _| {
-        // `<main rev, 8 bytes BE>_<sub rev, 8 bytes BE>`, `t` appended for a delete.
-        if !(key.len() == 17 || (key.len() == 18 && key[17] == b't')) || key[8] != b'_' {
-            return Err(format!(
-                "an entry of the key bucket is not keyed by a revision: {key:02x?}"
-            ));
-        }
-        entries += 1;
-        Ok(())
-    })
-    .map_err(|why| anyhow!("{why}"))?;
-    if entries == 0 {
-        bail!("the key bucket is empty");
-    }
-    Ok(format!("{entries} revisions in the key bucket"))
 }

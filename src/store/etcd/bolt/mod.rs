@@ -57,6 +57,12 @@ enum Node {
     Leaf(Leaf),
 }
 
+/// Whether a file's first bytes are a bbolt file's: its first page is a meta
+/// page, the magic after the 16-byte page header.
+pub fn is_bolt(head: &[u8]) -> bool {
+    head.len() >= PAGE_HEADER + 4 && head[PAGE_HEADER..PAGE_HEADER + 4] == META_MAGIC.to_le_bytes()
+}
+
 fn u16_le(data: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?))
 }

@@ -3,7 +3,7 @@
 use super::*;
 
 /// A bbolt file on disk, read in place to walk one bucket in key order: the
-/// key/value view of an etcd backup (`keyvalue`). Unlike the scanner above,
+/// key/value view of an etcd backup (`store::pairs`). Unlike the scanner above,
 /// this needs random access, so it reads a file rather than a stream. Memory:
 /// one page per tree level (a page with its overflow is at most one value of
 /// a few MiB) and one bit per page to refuse a tree that loops.

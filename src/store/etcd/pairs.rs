@@ -11,13 +11,13 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::{Connection, params};
 
-use super::{Pages, Pair, page_full};
-use crate::source::{BoltFile, ValueAt};
+use super::bolt::{BoltFile, ValueAt};
+use crate::store::pairs::{Pages, Pair, page_full};
 
 /// SQLite's page cache for the index, in KiB (negative: a size, not pages).
 const INDEX_CACHE_KIB: i64 = 16 * 1024;
 
-pub(super) struct EtcdPages {
+pub struct EtcdPages {
     bolt: BoltFile,
     index: Connection,
     path: String,
@@ -26,7 +26,7 @@ pub(super) struct EtcdPages {
 }
 
 impl EtcdPages {
-    pub(super) fn open(path: &Path, scratch: &Path) -> Result<Self> {
+    pub fn open(path: &Path, scratch: &Path) -> Result<Self> {
         let shown = path.display().to_string();
         let file = std::fs::File::open(path).with_context(|| format!("open {shown}"))?;
         let bolt = BoltFile::open(file).map_err(|why| anyhow!("read {shown}: {why}"))?;

@@ -1,65 +1,19 @@
-//! Where backups come from: a backing store that yields one consistent
-//! snapshot as a stream of plaintext bytes, plus the facts a manifest records.
+//! Which store a `--source` names, and opening it: the one place that
+//! constructs a store (`SourceConfig::open` for a live one, `key_values` and
+//! `backup_kind` for a decrypted backup).
 
-mod bolt;
-mod detect;
-mod etcd;
-pub mod kine;
-pub mod semantic;
-mod sqlite;
+use std::path::{Path, PathBuf};
 
-use std::io::Write;
-use std::path::PathBuf;
+use anyhow::{Context, Result, bail};
 
-use anyhow::Result;
-
-use crate::increment::feed::Feed;
-use crate::manifest::{EtcdFacts, SemanticRevision, SourceKind};
-
-pub use bolt::{BoltFile, RevisionScanner, ValueAt};
-pub use detect::{Detected, detect};
-pub use etcd::{
-    DigestCheck, EtcdOptions, EtcdSource, EtcdTls, check_restored_snapshot, verify_snapshot_digest,
-};
-pub use sqlite::SqliteSource;
-
-/// What a snapshot tells the manifest beyond its bytes.
-#[derive(Debug, Clone, Default)]
-pub struct SnapshotFacts {
-    pub revision: Option<i64>,
-    pub etcd: Option<EtcdFacts>,
-}
-
-/// A backing store that can write one consistent snapshot of itself.
-pub trait Source: Send {
-    fn kind(&self) -> SourceKind;
-
-    /// The store, for messages: a path or an endpoint.
-    fn describe(&self) -> String;
-
-    /// Writes one consistent snapshot to `out`. Runs on a blocking thread;
-    /// must never write to or block the live store.
-    fn snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotFacts>;
-
-    /// The newest change a user cares about (see `semantic`), read cheaply
-    /// and without the snapshot; `None` where the store cannot tell.
-    fn semantic_revision(&mut self) -> Result<Option<SemanticRevision>> {
-        Ok(None)
-    }
-
-    /// Why another replica's agent takes this slot's backup, or `None` when
-    /// this agent should. Runs on a blocking thread.
-    fn standby(&mut self) -> Result<Option<String>> {
-        Ok(None)
-    }
-
-    /// The store's changes after `revision` (a full backup's), for continuous
-    /// backups; `None` where the store cannot tell them. Runs on a blocking thread.
-    fn changes_after(self: Box<Self>, revision: i64) -> Result<Option<Box<dyn Feed>>> {
-        let _ = revision;
-        Ok(None)
-    }
-}
+use super::Source;
+use super::detect::{Detected, detect};
+use super::etcd::pairs::EtcdPages;
+use super::etcd::{EtcdOptions, EtcdSource};
+use super::kine::SqliteSource;
+use super::kine::pairs::KinePages;
+use super::pairs::{KeyValues, Pages};
+use crate::manifest::SourceKind;
 
 /// `--ha`: which agents back up when the control plane runs several replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -185,6 +139,50 @@ impl std::fmt::Display for SourceSpec {
             SourceSpec::Etcd(endpoint) => f.write_str(endpoint),
         }
     }
+}
+
+/// Opens the decrypted, decompressed backup at `path` as key/value pairs:
+/// kine's SQLite database or an etcd snapshot, told apart by their first
+/// bytes. `scratch` is a private directory for working files (an etcd snapshot
+/// needs a sorted index of its keys). `path` must be a private copy: for kine
+/// an index on `name` is added if the database lacks one.
+pub fn key_values(path: &Path, scratch: &Path) -> Result<KeyValues> {
+    let kind = backup_kind(path)?;
+    let pages: Box<dyn Pages> = match kind {
+        SourceKind::Sqlite => Box::new(KinePages::open(path)?),
+        SourceKind::Etcd => Box::new(EtcdPages::open(path, scratch)?),
+    };
+    Ok(KeyValues::new(kind, pages))
+}
+
+/// Which store a decrypted backup came from, by its first bytes.
+pub fn backup_kind(path: &Path) -> Result<SourceKind> {
+    let mut head = [0u8; 24];
+    let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let n = read_up_to(&mut file, &mut head).with_context(|| format!("read {}", path.display()))?;
+    if head[..n].starts_with(super::kine::SQLITE_HEADER) {
+        return Ok(SourceKind::Sqlite);
+    }
+    if super::etcd::is_bolt(&head[..n]) {
+        return Ok(SourceKind::Etcd);
+    }
+    bail!(
+        "{}: neither kine's SQLite database nor an etcd snapshot",
+        path.display()
+    )
+}
+
+fn read_up_to(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(read) => n += read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

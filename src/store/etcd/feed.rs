@@ -6,23 +6,18 @@
 //! watch that cannot be resumed ends the chain: the agent takes a full snapshot
 //! (etcd-backup-restore #599: a watch from a compacted revision stalls).
 //! Revisions must follow each other without a hole, or the chain ends too.
-//!
-//! On the way back, the events of a chain fold into the final value (or
-//! deletion) of each key they touched, which `Overlay` lays over the base
-//! snapshot's key/value view. Memory grows with the keys changed since the
-//! base, not with the store.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::Notify;
 
-use super::feed::{Feed, FullReason, Poll};
-use super::format::{EtcdEvent, EventKind, Header, Reader, Writer};
-use crate::keyvalue::Pair;
+use super::event::{EtcdEvent, EventKind};
+use crate::increment::feed::{Feed, FullReason, Poll};
+use crate::increment::format::{Header, Writer};
+use crate::lock::lock;
 
 /// Buffered event bytes that wake the agent before the interval ends.
 pub const FLUSH_BYTES: usize = 8 << 20;
@@ -57,7 +52,7 @@ pub struct EtcdFeed {
     taken: Vec<EtcdEvent>,
     task: tokio::task::JoinHandle<()>,
     /// Says whether another replica's agent backs up now (`--ha`).
-    source: Box<dyn crate::source::Source>,
+    source: Box<dyn crate::store::Source>,
     /// For the store's head revision at each look.
     client: Client,
     runtime: tokio::runtime::Handle,
@@ -75,7 +70,7 @@ impl EtcdFeed {
         client: Client,
         runtime: &tokio::runtime::Handle,
         revision: i64,
-        source: Box<dyn crate::source::Source>,
+        source: Box<dyn crate::store::Source>,
     ) -> Self {
         let pending = Arc::new(Mutex::new(Pending {
             received: revision,
@@ -105,12 +100,12 @@ impl EtcdFeed {
 async fn watch(mut client: Client, pending: Arc<Mutex<Pending>>, flush: Arc<Notify>) {
     let mut broken_since: Option<tokio::time::Instant> = None;
     loop {
-        let from = pending.lock().unwrap_or_else(|e| e.into_inner()).received + 1;
+        let from = lock(&pending).received + 1;
         let why = follow(&mut client, from, &pending, &flush, &mut broken_since).await;
         let Some(why) = why else { return };
         let since = *broken_since.get_or_insert_with(tokio::time::Instant::now);
         if since.elapsed() > RECOVER_FOR {
-            let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = lock(&pending);
             pending.lose(FullReason::WatchLost(format!(
                 "{why}; not recovered within {}s",
                 RECOVER_FOR.as_secs()
@@ -145,7 +140,7 @@ async fn follow(
             Err(err) => return Some(format!("the watch broke: {err}")),
         };
         *broken_since = None;
-        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = lock(pending);
         if response.compact_revision() > 0 {
             let shipped = pending.received;
             pending.lose(FullReason::Compacted {
@@ -226,7 +221,7 @@ impl Feed for EtcdFeed {
     /// changes made before it, never a lagging watch's part of them.
     fn poll(&mut self, shipped: i64) -> Result<Poll> {
         let head = self.head_revision();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = lock(&self.pending);
         if let Some(reason) = &pending.lost {
             return Ok(Poll::NeedFull(reason.clone()));
         }
@@ -275,7 +270,7 @@ impl Feed for EtcdFeed {
         if self.taken.is_empty() {
             return;
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = lock(&self.pending);
         let newer = std::mem::take(&mut pending.events);
         pending.events = std::mem::take(&mut self.taken);
         pending.events.extend(newer);
@@ -296,134 +291,5 @@ impl Feed for EtcdFeed {
 
     fn standby(&mut self) -> Result<Option<String>> {
         self.source.standby()
-    }
-}
-
-/// The final state of every key a chain's events touched: `Some(value)` for
-/// a put, `None` for a delete.
-#[derive(Default)]
-pub struct Changes {
-    keys: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    applied: i64,
-}
-
-impl Changes {
-    pub fn new(revision: i64) -> Self {
-        Changes {
-            keys: BTreeMap::new(),
-            applied: revision,
-        }
-    }
-
-    /// Folds one increment's events in, skipping revisions already applied.
-    pub fn apply(&mut self, plaintext: &mut dyn BufRead, what: &str) -> Result<()> {
-        let mut reader = Reader::open(plaintext, what)?;
-        let header = reader.header.clone();
-        if header.first_revision > self.applied + 1 {
-            bail!(
-                "apply {what}: it starts at revision {}, but the chain reached only {}: a missing increment",
-                header.first_revision,
-                self.applied
-            );
-        }
-        while let Some(event) = reader.next::<EtcdEvent>()? {
-            if event.revision <= self.applied {
-                continue;
-            }
-            let Some(key) = event.key else {
-                bail!(
-                    "apply {what}: an event at revision {} has no key",
-                    event.revision
-                );
-            };
-            self.keys.insert(
-                key,
-                match event.kind {
-                    EventKind::Put => Some(event.value.unwrap_or_default()),
-                    EventKind::Delete => None,
-                },
-            );
-        }
-        self.applied = self.applied.max(header.last_revision);
-        Ok(())
-    }
-
-    /// The base's pairs with the changes laid over them, still in key order.
-    pub fn overlay<I: Iterator<Item = Result<Pair>>>(self, base: I) -> Overlay<I> {
-        Overlay {
-            base: base.peekable(),
-            changes: self.keys.into_iter().peekable(),
-        }
-    }
-}
-
-/// A merge of two key-ordered streams: the base's pairs and the changed keys.
-pub struct Overlay<I: Iterator<Item = Result<Pair>>> {
-    base: std::iter::Peekable<I>,
-    changes: std::iter::Peekable<std::collections::btree_map::IntoIter<Vec<u8>, Option<Vec<u8>>>>,
-}
-
-impl<I: Iterator<Item = Result<Pair>>> Iterator for Overlay<I> {
-    type Item = Result<Pair>;
-
-    fn next(&mut self) -> Option<Result<Pair>> {
-        loop {
-            let order = match (self.base.peek(), self.changes.peek()) {
-                (None, None) => return None,
-                (Some(Err(_)), _) => return self.base.next(),
-                (Some(Ok(pair)), Some((key, _))) => pair.key.as_slice().cmp(key.as_slice()),
-                (Some(Ok(_)), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-            };
-            match order {
-                std::cmp::Ordering::Less => return self.base.next(),
-                std::cmp::Ordering::Equal => {
-                    self.base.next();
-                }
-                std::cmp::Ordering::Greater => {}
-            }
-            if let Some((key, value)) = self.changes.next()
-                && let Some(value) = value
-            {
-                return Some(Ok(Pair { key, value }));
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pair(key: &str, value: &str) -> Result<Pair> {
-        Ok(Pair {
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-        })
-    }
-
-    #[test]
-    fn changes_lay_over_the_base_in_key_order() {
-        let mut changes = Changes::new(0);
-        changes.keys.insert(b"/a".to_vec(), Some(b"A2".to_vec()));
-        changes.keys.insert(b"/b".to_vec(), None);
-        changes.keys.insert(b"/c".to_vec(), Some(b"C".to_vec()));
-        changes.keys.insert(b"/e".to_vec(), None);
-        let base = vec![pair("/a", "A1"), pair("/b", "B"), pair("/d", "D")];
-        let merged: Vec<(String, String)> = changes
-            .overlay(base.into_iter())
-            .map(|p| {
-                let p = p.unwrap();
-                (
-                    String::from_utf8(p.key).unwrap(),
-                    String::from_utf8(p.value).unwrap(),
-                )
-            })
-            .collect();
-        let expected = [("/a", "A2"), ("/c", "C"), ("/d", "D")];
-        assert_eq!(
-            merged,
-            expected.map(|(k, v)| (k.to_string(), v.to_string()))
-        );
     }
 }

@@ -1,4 +1,4 @@
-//! kine's SQLite database as key/value pairs: for each name its newest row,
+//! kine's SQLite database as key/value pairs (`store::pairs`): for each name its newest row,
 //! unless that row is a delete; kine's own bookkeeping rows (`gap-*` fillers,
 //! `compact_rev_key*`) are not keys.
 
@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{Pages, Pair, page_full};
+use super::{has_kine_table, is_bookkeeping};
+use crate::store::pairs::{Pages, Pair, page_full};
 
 /// Each name with its newest row id, from an index on `name` (kine creates
 /// two), so no query ever sorts the table.
@@ -17,13 +18,13 @@ const NEWEST_AFTER: &str =
     "SELECT name, max(id) FROM kine WHERE name > ?1 GROUP BY name ORDER BY name";
 const ROW: &str = "SELECT deleted, value FROM kine WHERE id = ?1";
 
-pub(super) struct KinePages {
+pub struct KinePages {
     conn: Connection,
     path: String,
 }
 
 impl KinePages {
-    pub(super) fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
         // Read-write, though nothing but an index is written: the file is a
         // private copy, and a read-only open of a WAL database needs its -shm.
@@ -32,14 +33,8 @@ impl KinePages {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .with_context(|| format!("open {shown}"))?;
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'kine'",
-                [],
-                |row| row.get(0),
-            )
-            .with_context(|| format!("read {shown}"))?;
-        if tables == 0 {
+        let has_kine = has_kine_table(&conn).with_context(|| format!("read {shown}"))?;
+        if !has_kine {
             bail!("read {shown}: no kine table, so not kine's database");
         }
         let indexed: i64 = conn
@@ -84,7 +79,7 @@ impl KinePages {
                 ValueRef::Integer(n) => n.to_string().into_bytes(),
                 ValueRef::Real(_) | ValueRef::Null => continue,
             };
-            if key.starts_with(b"gap-") || key.starts_with(b"compact_rev_key") {
+            if is_bookkeeping(&key) {
                 continue;
             }
             let id: i64 = row.get(1)?;
@@ -118,8 +113,8 @@ impl Pages for KinePages {
 
 #[cfg(test)]
 mod tests {
-    use super::super::KeyValues;
     use super::*;
+    use crate::store::open::key_values;
 
     const SCHEMA: &str = "CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name INTEGER,
         created INTEGER, deleted INTEGER, create_revision INTEGER, prev_revision INTEGER,
@@ -127,7 +122,7 @@ mod tests {
 
     fn pairs(path: &Path) -> Vec<(String, Vec<u8>)> {
         let scratch = tempfile::tempdir().unwrap();
-        KeyValues::open(path, scratch.path())
+        key_values(path, scratch.path())
             .unwrap()
             .map(|p| {
                 let p = p.unwrap();

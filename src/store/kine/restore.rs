@@ -3,13 +3,12 @@
 //! any client saw, and the compact revision raised to match, as
 //! `vcluster restore` does (see the README's restore section).
 
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
-pub use super::sqlite::SQLITE_HEADER;
+use super::{has_kine_table, is_sqlite, kine_revision, raise_compact_revision};
 
 /// The revision of the kine database about to be replaced: the higher of
 /// `max(id)` and `sqlite_sequence` (rows compacted away still count), read
@@ -21,40 +20,14 @@ pub fn live_revision(target: &Path, force: bool) -> Result<Option<i64>> {
     let shown = target.display();
     let conn = Connection::open_with_flags(target, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("open the database to replace, {shown}"))?;
-    let has_kine: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'kine'",
-            [],
-            |row| row.get(0),
-        )
-        .with_context(|| format!("read the revision of {shown}"))?;
+    let has_kine =
+        has_kine_table(&conn).with_context(|| format!("read the revision of {shown}"))?;
     // A database without kine's table holds no revision any client saw.
-    if has_kine == 0 {
+    if !has_kine {
         return Ok(None);
     }
     let max_id = kine_revision(&conn).with_context(|| format!("read the revision of {shown}"))?;
     Ok((max_id > 0).then_some(max_id))
-}
-
-/// The higher of `max(id)` and kine's `sqlite_sequence` entry (rows
-/// compacted away still count); 0 for an empty store.
-pub fn kine_revision(conn: &Connection) -> rusqlite::Result<i64> {
-    let max_id: Option<i64> = conn.query_row("SELECT max(id) FROM kine", [], |row| row.get(0))?;
-    let has_sequence: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",
-        [],
-        |row| row.get(0),
-    )?;
-    let seq: Option<i64> = if has_sequence > 0 {
-        conn.query_row(
-            "SELECT max(seq) FROM sqlite_sequence WHERE name = 'kine'",
-            [],
-            |row| row.get(0),
-        )?
-    } else {
-        None
-    };
-    Ok(max_id.unwrap_or(0).max(seq.unwrap_or(0)))
 }
 
 /// `--integrity-check`: how thoroughly a restored database is checked.
@@ -106,11 +79,8 @@ pub fn prepare_restored(
             // prev_revision. Without that row (kine writes it at start), the row
             // itself fills the new revision; otherwise a deleted "gap" row does,
             // as kine does for a missing revision.
-            let raised = tx.execute(
-                "UPDATE kine SET prev_revision = ?1 WHERE name = 'compact_rev_key'",
-                [revision],
-            )?;
-            let (name, deleted) = if raised == 0 {
+            let raised = raise_compact_revision(&tx, revision)?;
+            let (name, deleted) = if !raised {
                 ("compact_rev_key".to_string(), 0)
             } else {
                 (format!("gap-{revision}"), 1)
@@ -118,7 +88,7 @@ pub fn prepare_restored(
             tx.execute(
                 "INSERT INTO kine (id, name, created, deleted, create_revision, prev_revision, lease, value, old_value)
                  VALUES (?1, ?2, ?3, ?4, 0, ?5, 0, NULL, NULL)",
-                rusqlite::params![revision, name, 1 - deleted, deleted, if raised == 0 { revision } else { 0 }],
+                rusqlite::params![revision, name, 1 - deleted, deleted, if raised { 0 } else { revision }],
             )?;
             tx.commit()
         })();
@@ -131,11 +101,4 @@ pub fn prepare_restored(
         .map_err(|(_, err)| err)
         .with_context(|| format!("close restored {what}"))?;
     Ok(())
-}
-
-pub fn is_sqlite(path: &Path) -> bool {
-    let mut header = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .is_ok_and(|()| &header == SQLITE_HEADER)
 }
