@@ -21,22 +21,22 @@ use crate::catalog::{self, Selector};
 use crate::increment::{IncrementManifest, apply};
 use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
 use crate::pipeline::{Hashing, Identities, unseal};
-use crate::storage::{self, Destination, IncompleteBody, ObjectExists, Storage, body_channel};
+use crate::storage::{Destination, IncompleteBody, ObjectExists, Storage, body_channel};
 use crate::store::etcd::Changes;
 use crate::store::kine::KineApply;
 use crate::store::{self as stores, Pair};
+use crate::vconfig;
 
-/// The entry `vcluster create --restore` reads its values and chart version from.
-pub const RELEASE_ENTRY: &[u8] = b"/vcluster/snapshot/release";
-/// vCluster's own bookkeeping keys: never exported as keys.
-const SNAPSHOT_PREFIX: &[u8] = b"/vcluster/snapshot/";
-/// A saved config is a Helm values file; a Kubernetes secret holds at most 1 MiB.
-pub const CONFIG_MAX_BYTES: u64 = 4 << 20;
 /// gzip level: 6 (gzip's default) is about twice as slow as 1 on Kubernetes
 /// objects for a few percent smaller archives.
 const GZIP_LEVEL: u32 = 1;
 const CHUNK_SIZE: usize = 1 << 20;
 const CHUNK_DEPTH: usize = 8;
+
+/// The entry `vcluster create --restore` reads its values and chart version from.
+pub const RELEASE_ENTRY: &[u8] = b"/vcluster/snapshot/release";
+/// vCluster's own bookkeeping keys: never exported as keys.
+const SNAPSHOT_PREFIX: &[u8] = b"/vcluster/snapshot/";
 
 /// Where the backup comes from.
 pub enum Input {
@@ -293,9 +293,7 @@ async fn open_stored(
     let manifest = chain.base.clone();
     let config = match &manifest.config {
         Some(saved) => {
-            let sealed =
-                storage::get_bytes(storage.as_ref(), &saved.name, CONFIG_MAX_BYTES).await?;
-            Some(open_config(&sealed, &manifest, identities, &saved.name)?)
+            Some(vconfig::open_stored(storage.as_ref(), &manifest, saved, identities).await?)
         }
         None => None,
     };
@@ -322,10 +320,10 @@ fn open_file(path: &Path, identities: Option<&Identities>) -> Result<Opened> {
             match std::fs::File::open(&config_path) {
                 Ok(file) => {
                     let mut sealed = Vec::new();
-                    file.take(CONFIG_MAX_BYTES + 1)
+                    file.take(vconfig::CONFIG_MAX_BYTES + 1)
                         .read_to_end(&mut sealed)
                         .with_context(|| format!("read {}", config_path.display()))?;
-                    Some(open_config(
+                    Some(vconfig::open_config(
                         &sealed,
                         manifest,
                         identities,
@@ -356,37 +354,6 @@ fn open_file(path: &Path, identities: Option<&Identities>) -> Result<Opened> {
         what,
         increments: None,
     })
-}
-
-/// Decrypts a saved config and checks it against the manifest.
-pub fn open_config(
-    sealed: &[u8],
-    manifest: &Manifest,
-    identities: Option<&Identities>,
-    what: &str,
-) -> Result<Vec<u8>> {
-    let saved = manifest
-        .config
-        .as_ref()
-        .with_context(|| format!("backup {} has no saved vCluster config", manifest.name))?;
-    if sealed.len() as u64 > CONFIG_MAX_BYTES {
-        bail!("read {what}: larger than {CONFIG_MAX_BYTES} bytes, not a saved config");
-    }
-    let mut yaml = Hashing::new(Vec::new());
-    let mut plaintext = unseal(sealed, identities, what)?;
-    io::copy(&mut plaintext, &mut yaml)
-        .map_err(|err| anyhow!("read {what}: truncated or corrupt ({err})"))?;
-    let (fingerprint, yaml) = yaml.finish();
-    if fingerprint.sha256 != saved.sha256 || fingerprint.size != saved.size {
-        bail!(
-            "verify {what}: the config (SHA-256 {}, {} bytes) does not match its manifest (SHA-256 {}, {} bytes)",
-            fingerprint.sha256,
-            fingerprint.size,
-            saved.sha256,
-            saved.size
-        );
-    }
-    Ok(yaml)
 }
 
 fn read_manifest_beside(path: &Path) -> Result<Option<Manifest>> {

@@ -9,12 +9,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
-use crate::export::CONFIG_MAX_BYTES;
-use crate::manifest::{Release, SavedConfig, config_name};
-use crate::pipeline::Sealing;
+use crate::manifest::{Manifest, Release, SavedConfig, config_name};
+use crate::pipeline::{Hashing, Identities, Sealing, unseal};
 use crate::storage::{self, Storage};
+
+/// A saved config is a Helm values file; a Kubernetes secret holds at most 1 MiB.
+pub const CONFIG_MAX_BYTES: u64 = 4 << 20;
 
 /// The pod's namespace, as Kubernetes mounts it with the service account token.
 const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -165,8 +167,8 @@ pub fn write_config(path: &Path, yaml: &[u8], force: bool) -> Result<()> {
 /// fetches it before the restore, so a backup without one fails first.
 pub async fn fetch_saved(
     storage: &dyn crate::storage::Storage,
-    manifest: &crate::manifest::Manifest,
-    identities: Option<&crate::pipeline::Identities>,
+    manifest: &Manifest,
+    identities: Option<&Identities>,
     out: &Path,
 ) -> Result<Vec<u8>> {
     let saved = manifest.config.as_ref().with_context(|| {
@@ -176,6 +178,47 @@ pub async fn fetch_saved(
             manifest.name
         )
     })?;
-    let sealed = crate::storage::get_bytes(storage, &saved.name, CONFIG_MAX_BYTES).await?;
-    crate::export::open_config(&sealed, manifest, identities, &saved.name)
+    open_stored(storage, manifest, saved, identities).await
+}
+
+/// The saved config `saved` of `manifest`, fetched from storage, decrypted and checked.
+pub async fn open_stored(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    saved: &SavedConfig,
+    identities: Option<&Identities>,
+) -> Result<Vec<u8>> {
+    let sealed = storage::get_bytes(storage, &saved.name, CONFIG_MAX_BYTES).await?;
+    open_config(&sealed, manifest, identities, &saved.name)
+}
+
+/// Decrypts a saved config and checks it against the manifest.
+pub fn open_config(
+    sealed: &[u8],
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let saved = manifest
+        .config
+        .as_ref()
+        .with_context(|| format!("backup {} has no saved vCluster config", manifest.name))?;
+    if sealed.len() as u64 > CONFIG_MAX_BYTES {
+        bail!("read {what}: larger than {CONFIG_MAX_BYTES} bytes, not a saved config");
+    }
+    let mut yaml = Hashing::new(Vec::new());
+    let mut plaintext = unseal(sealed, identities, what)?;
+    std::io::copy(&mut plaintext, &mut yaml)
+        .map_err(|err| anyhow!("read {what}: truncated or corrupt ({err})"))?;
+    let (fingerprint, yaml) = yaml.finish();
+    if fingerprint.sha256 != saved.sha256 || fingerprint.size != saved.size {
+        bail!(
+            "verify {what}: the config (SHA-256 {}, {} bytes) does not match its manifest (SHA-256 {}, {} bytes)",
+            fingerprint.sha256,
+            fingerprint.size,
+            saved.sha256,
+            saved.size
+        );
+    }
+    Ok(yaml)
 }

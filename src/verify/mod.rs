@@ -177,7 +177,7 @@ async fn config(
     identities: Option<&Identities>,
 ) -> Result<Vec<Check>> {
     let sealed =
-        match storage::get_bytes(storage, &saved.name, crate::export::CONFIG_MAX_BYTES).await {
+        match storage::get_bytes(storage, &saved.name, crate::vconfig::CONFIG_MAX_BYTES).await {
             Ok(sealed) => sealed,
             Err(err) if err.is::<ObjectNotFound>() => {
                 return Ok(vec![Check::fail(
@@ -207,7 +207,7 @@ async fn config(
         )
     }];
     if mode == Mode::Full {
-        let opened = crate::export::open_config(&sealed, manifest, identities, &saved.name);
+        let opened = crate::vconfig::open_config(&sealed, manifest, identities, &saved.name);
         checks.push(Check::from(
             "config",
             opened
