@@ -164,18 +164,7 @@ pub async fn export(
                     .with_context(|| format!("create a temporary file in {}", dir.display()))?;
                 let out = io::BufWriter::with_capacity(1 << 20, temp.as_file());
                 let keys = produce(opened, identities, release, &scratch_parent, out)?;
-                temp.as_file()
-                    .sync_all()
-                    .with_context(|| format!("write {}", temp.path().display()))?;
-                let persisted = if force {
-                    temp.persist(&path).map(drop)
-                } else {
-                    temp.persist_noclobber(&path).map(drop)
-                };
-                persisted
-                    .map_err(|err| err.error)
-                    .with_context(|| format!("move the archive to {}", path.display()))?;
-                crate::durable::sync_parent(&path)?;
+                crate::durable::install(temp, &path, force, "the archive")?;
                 Ok(keys)
             })
             .await

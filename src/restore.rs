@@ -460,9 +460,6 @@ fn verify_fingerprint(actual: &Fingerprint, recorded: &Fingerprint, what: &str) 
 /// Renames the verified file into place. A stale `-wal`/`-shm` of the old
 /// database would be replayed onto the new one, so they go first.
 fn install(temp: NamedTempFile, target: &Path, force: bool) -> Result<()> {
-    temp.as_file()
-        .sync_all()
-        .with_context(|| format!("sync {}", temp.path().display()))?;
     if kine::is_sqlite(temp.path()) {
         for suffix in ["-wal", "-shm"] {
             let mut stale = target.as_os_str().to_owned();
@@ -479,13 +476,5 @@ fn install(temp: NamedTempFile, target: &Path, force: bool) -> Result<()> {
             }
         }
     }
-    let persisted = if force {
-        temp.persist(target).map(drop)
-    } else {
-        temp.persist_noclobber(target).map(drop)
-    };
-    persisted
-        .map_err(|err| err.error)
-        .with_context(|| format!("move the restored file to {}", target.display()))?;
-    crate::durable::sync_parent(target)
+    crate::durable::install(temp, target, force, "the restored file")
 }
