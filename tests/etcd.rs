@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -90,7 +90,7 @@ fn put_pods(etcd: &Etcd, count: usize) {
 #[test]
 fn plain_http_backup_restores_with_etcdctl() {
     let dir = TempDir::new().unwrap();
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    let etcd = Etcd::start(&dir.path().join("etcd"));
     put_pods(&etcd, 12);
     let keys = age_keygen(dir.path(), "identity.txt");
     let dest = dir.path().join("backups");
@@ -139,7 +139,7 @@ fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
     // reaches storage while the snapshot still streams, not only at the end.
     use rand::RngCore;
     let dir = TempDir::new().unwrap();
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    let etcd = Etcd::start(&dir.path().join("etcd"));
     let mut rng = rand::rng();
     let mut values = Vec::new();
     for i in 0..160 {
@@ -171,7 +171,7 @@ fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
 fn tls_with_client_certificates_as_in_a_vcluster_pod() {
     let dir = TempDir::new().unwrap();
     let pki = Pki::new(dir.path());
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, Some(&pki));
+    let etcd = Etcd::start_with(&dir.path().join("etcd"), "vc", Some(&pki));
     put_pods(&etcd, 7);
     let keys = age_keygen(dir.path(), "identity.txt");
     let dest = dir.path().join("backups");
@@ -199,7 +199,7 @@ fn tls_with_client_certificates_as_in_a_vcluster_pod() {
 #[test]
 fn consistent_while_a_writer_keeps_writing() {
     let dir = TempDir::new().unwrap();
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    let etcd = Etcd::start(&dir.path().join("etcd"));
     // A few MiB, so the snapshot takes a while and the writer lands in it.
     let big = "x".repeat(64 * 1024);
     for i in 0..64 {
@@ -300,7 +300,7 @@ fn backup_fails(args: &[&str]) -> String {
 fn wrong_certificates_and_unreachable_endpoints_say_so() {
     let dir = TempDir::new().unwrap();
     let pki = Pki::new(dir.path());
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, Some(&pki));
+    let etcd = Etcd::start_with(&dir.path().join("etcd"), "vc", Some(&pki));
     let data_dir = pki.data_dir.to_str().unwrap();
 
     // A CA that did not sign etcd's server certificate.
@@ -410,21 +410,14 @@ fn auto_detection_reports_what_it_chose_and_where_it_looked() {
 }
 
 /// One agent per replica, each beside its own member, all under one name, as
-/// helm-values/embedded-etcd.yaml deploys them; with their /status ports.
-fn start_agents(cluster: &[Etcd], dest: &Path, args: &[&str]) -> Vec<(std::process::Child, u16)> {
+/// helm-values/embedded-etcd.yaml deploys them.
+fn start_agents(cluster: &[Etcd], dest: &Path, args: &[&str]) -> Vec<Daemon> {
     cluster
         .iter()
         .map(|member| {
-            let port = free_port();
-            let child = unencrypted("run", &file_url(dest))
-                .args(["--source", &member.endpoint])
-                .args(args)
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            (child, port)
+            let mut cmd = unencrypted("run", &file_url(dest));
+            cmd.args(["--source", &member.endpoint]).args(args);
+            Daemon::start(cmd)
         })
         .collect()
 }
@@ -436,14 +429,11 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
     put_pods(&cluster[0], 5);
     let dest = dir.path().join("backups");
     let agents = start_agents(&cluster, &dest, &["--schedule", "@every 1s"]);
-    let status = |port: u16| -> Option<serde_json::Value> {
-        let (_, body) = http_get(port, "/status")?;
-        serde_json::from_str(&body).ok()
-    };
     // Every agent has decided, and the leader's agent has backed up a few slots.
-    wait_for("three backups", Duration::from_secs(60), || {
-        let decided = agents.iter().all(|(_, port)| {
-            status(*port).is_some_and(|s| !s["standby"].is_null() || !s["last_success"].is_null())
+    agents[0].wait_for("three backups", Duration::from_secs(60), || {
+        let decided = agents.iter().all(|agent| {
+            let s = agent.status();
+            !s["standby"].is_null() || !s["last_success"].is_null()
         });
         // Complete backups: their manifests (an upload in flight leaves a partial file).
         let backups = std::fs::read_dir(dest.join("demo"))
@@ -457,18 +447,9 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
             .unwrap_or(0);
         (decided && backups >= 3).then_some(())
     });
-    let statuses: Vec<serde_json::Value> = agents
-        .iter()
-        .map(|(_, port)| status(*port).unwrap())
-        .collect();
-    let metrics: Vec<String> = agents
-        .iter()
-        .map(|(_, port)| http_get(*port, "/metrics").unwrap().1)
-        .collect();
-    for (mut child, _) in agents {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let statuses: Vec<serde_json::Value> = agents.iter().map(Daemon::status).collect();
+    let metrics: Vec<String> = agents.iter().map(|agent| agent.get("/metrics").1).collect();
+    drop(agents);
 
     let ids: Vec<(String, String)> = cluster.iter().map(member_and_leader).collect();
     let leader = &ids[0].1;
@@ -528,17 +509,11 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_ships_increments() {
         cluster[0].put(&format!("/registry/configmaps/default/c{round}"), "v");
         std::thread::sleep(Duration::from_millis(700));
     }
-    wait_for("increments", Duration::from_secs(60), || {
+    agents[0].wait_for("increments", Duration::from_secs(60), || {
         (objects().iter().filter(|n| n.contains(".incr-")).count() >= 4).then_some(())
     });
-    let metrics: Vec<String> = agents
-        .iter()
-        .map(|(_, port)| http_get(*port, "/metrics").unwrap().1)
-        .collect();
-    for (mut child, _) in agents {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let metrics: Vec<String> = agents.iter().map(|agent| agent.get("/metrics").1).collect();
+    drop(agents);
     let leader = &member_and_leader(&cluster[0]).1;
     let leader_index = cluster
         .iter()

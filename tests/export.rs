@@ -491,7 +491,7 @@ fn etcd_all_at(etcd: &Etcd, rev: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
 #[test]
 fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
     let s = setup();
-    let etcd = Etcd::start(&s.tmp.path().join("etcd"), "e0", None, None);
+    let etcd = Etcd::start_with(&s.tmp.path().join("etcd"), "e0", None);
 
     // Puts, overwrites and deletes, then a compaction: the snapshot holds
     // several versions of some keys, tombstones and compacted history.

@@ -5,7 +5,6 @@
 //! and so does a delete, even once compaction has removed it.
 
 mod common;
-mod drill_support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use drill_support::{Daemon, Etcd, files};
 
 const LONG: Duration = Duration::from_secs(90);
 const UNCHANGED: &str = r#"vcbackup_backups_total{result="unchanged"}"#;
@@ -194,8 +192,7 @@ fn kine_idle_writes_upload_nothing_and_a_change_or_a_compacted_delete_backs_up()
     assert_eq!(manifest["semantic_revision"]["keys"], 20, "{manifest}");
 
     // Freshness follows the checks, not the backup: /metrics, a restarted agent, fleet.
-    let (_, status) = http_get(daemon.port, "/status").unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let status = daemon.status();
     let checked =
         chrono::DateTime::parse_from_rfc3339(status["last_unchanged"]["time"].as_str().unwrap())
             .unwrap();
@@ -210,7 +207,7 @@ fn kine_idle_writes_upload_nothing_and_a_change_or_a_compacted_delete_backs_up()
     let restarted = run_daemon(&source, &dest, &["--no-catch-up"]);
     // The agent is ready before its first listing of storage (readiness never
     // waits on storage), so the seeded value comes a moment later.
-    let seeded = wait_for(
+    let seeded = restarted.wait_for(
         "a restart to read the mark",
         Duration::from_secs(20),
         || {
