@@ -164,6 +164,15 @@ fn assert_kine_invariants(db: &Path) {
     assert_eq!(duplicates, 0);
 }
 
+/// When the agent last saw every change shipped, from `/status` `rpo_seconds`
+/// (seconds since then, null before a chain), never later than the truth.
+fn in_sync_since(daemon: &Daemon) -> Option<chrono::DateTime<Utc>> {
+    let asked = Utc::now();
+    let rpo = daemon.status()["rpo_seconds"].as_f64()?;
+    // The status rounds down to the millisecond: one more keeps this a lower bound.
+    Some(asked - chrono::TimeDelta::milliseconds((rpo * 1000.0).round() as i64 + 1))
+}
+
 fn shipped(daemon: &Daemon) -> f64 {
     daemon
         .metric("vcbackup_increments_total{result=\"shipped\"}")
@@ -307,12 +316,16 @@ fn point_in_time_restores_equal_the_store_at_three_times_in_one_chain() {
             (shipped(&daemon) > before).then_some(())
         });
         // One more look finds nothing new: everything up to now is stored.
-        std::thread::sleep(Duration::from_millis(1500));
+        let written = Utc::now();
+        daemon.wait_for(
+            "a look after the round to find everything shipped",
+            Duration::from_secs(20),
+            || (in_sync_since(&daemon)? > written).then_some(()),
+        );
         points.push((Utc::now(), rows(&s.db)));
-        std::thread::sleep(Duration::from_millis(1200));
     }
     assert_eq!(s.bases().len(), 1, "one chain");
-    // About a dozen looks found nothing between the rounds: they shipped nothing.
+    // Looks found nothing after each round (at least one each): they shipped nothing.
     let shipped_count = s.increments().len();
     assert!(
         (3..=6).contains(&shipped_count),

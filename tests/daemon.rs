@@ -25,6 +25,21 @@ fn sigterm(daemon: &mut Daemon) -> (std::process::ExitStatus, Duration, String) 
     (status, started.elapsed(), daemon.log())
 }
 
+/// Waits until the scheduler has decided at start (`/status` shows `next_run`)
+/// and insists it decided to wait for the schedule's next slot: a catch-up
+/// runs at once (no jitter), so its `next_run` is not in the future, and the
+/// slot after a catch-up is set only once the catch-up has counted its backup.
+fn assert_waits_for_its_slot(daemon: &Daemon) {
+    let next_run = daemon.wait_for("the first next_run", Duration::from_secs(20), || {
+        daemon.status()["next_run"].as_str().map(str::to_string)
+    });
+    let at = chrono::DateTime::parse_from_rfc3339(&next_run).unwrap();
+    assert!(
+        at > chrono::Utc::now() + chrono::TimeDelta::seconds(1),
+        "next_run {next_run} is now: a catch-up"
+    );
+}
+
 /// Backup objects and manifests in a virtual cluster's folder, and anything else there.
 fn stored(dir: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut objects = Vec::new();
@@ -225,7 +240,14 @@ fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
     daemon.wait_for("a backup in progress", Duration::from_secs(20), || {
         (daemon.sample("vcbackup_backup_in_progress") == 1.0).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Mid-write: the backup's partial file is in the destination.
+    daemon.wait_for("the backup's partial file", Duration::from_secs(20), || {
+        s.stored()
+            .2
+            .iter()
+            .any(|name| name.starts_with(".partial-"))
+            .then_some(())
+    });
     let (status, elapsed, stderr) = sigterm(&mut daemon);
     assert!(status.success(), "exit status {status}: {stderr}");
     assert!(elapsed < Duration::from_secs(4), "took {elapsed:?} to stop");
@@ -247,7 +269,7 @@ fn backup_on_shutdown_takes_a_final_backup_and_exits_cleanly() {
         "--no-catch-up",
         "--backup-on-shutdown",
     ]);
-    std::thread::sleep(Duration::from_millis(500));
+    assert_waits_for_its_slot(&daemon);
     assert_eq!(
         daemon.sample("vcbackup_backups_total{result=\"success\"}"),
         0.0
@@ -264,7 +286,7 @@ fn catches_up_at_start_only_when_the_newest_backup_is_stale() {
     let s = setup(256 << 10);
 
     let mut no_catch_up = s.daemon(&["--schedule", "@daily", "--no-catch-up"]);
-    std::thread::sleep(Duration::from_secs(2));
+    assert_waits_for_its_slot(&no_catch_up);
     assert_eq!(
         no_catch_up.sample("vcbackup_backups_total{result=\"success\"}"),
         0.0
@@ -280,7 +302,7 @@ fn catches_up_at_start_only_when_the_newest_backup_is_stale() {
 
     // The newest backup is fresh now: a restart takes none.
     let mut fresh = s.daemon(&["--schedule", "@daily"]);
-    std::thread::sleep(Duration::from_secs(2));
+    assert_waits_for_its_slot(&fresh);
     assert_eq!(
         fresh.sample("vcbackup_backups_total{result=\"success\"}"),
         0.0
@@ -353,7 +375,6 @@ fn prune_prints_its_plan_and_dry_run_deletes_nothing() {
     for _ in 0..3 {
         let out = ok(unencrypted("backup", &s.dest).arg("--source").arg(&s.db));
         names.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
-        std::thread::sleep(Duration::from_millis(20));
     }
     let prune = |extra: &[&str]| {
         let out = ok(vcbackup()

@@ -9,8 +9,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::etcd::*;
@@ -205,39 +203,23 @@ fn consistent_while_a_writer_keeps_writing() {
     for i in 0..64 {
         etcd.put(&format!("/registry/configmaps/big{i:02}"), &big);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let stop = Arc::clone(&stop);
-        let written = Arc::clone(&written);
-        let endpoint = etcd.endpoint.clone();
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let output = run(Command::new(tool("etcdctl")).env("ETCDCTL_API", "3").args([
-                    "--endpoints",
-                    &endpoint,
-                    "put",
-                    &format!("/w/{i:06}"),
-                    "v",
-                ]));
-                assert!(output.status.success(), "writer failed");
-                i += 1;
-                written.store(i, Ordering::Relaxed);
-            }
-        })
-    };
-    while written.load(Ordering::Relaxed) < 5 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let endpoint = etcd.endpoint.clone();
+    let writer = Repeating::start(Duration::ZERO, move |i| {
+        let output = run(Command::new(tool("etcdctl")).env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &endpoint,
+            "put",
+            &format!("/w/{i:06}"),
+            "v",
+        ]));
+        assert!(output.status.success(), "writer failed");
+    });
+    writer.wait_steps(5);
     let dest = dir.path().join("backups");
     let manifest = backup(&etcd.endpoint, &dest, &["--no-encryption"]);
-    let at_backup = written.load(Ordering::Relaxed);
-    while written.load(Ordering::Relaxed) < at_backup + 5 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let at_backup = writer.steps();
+    writer.wait_steps(at_backup + 5);
+    writer.stop();
 
     let revision = manifest["revision"].as_i64().expect("revision in manifest");
     let listed = ok_stdout(
@@ -495,23 +477,29 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_ships_increments() {
         &dest,
         &["--schedule", "@daily", "--incremental-interval", "1s"],
     );
-    let objects = || -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dest.join("demo"))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+    let objects = || files(&dest.join("demo"));
+    let increments = || {
+        objects()
+            .iter()
+            .filter(|n| n.contains(".incr-") && n.ends_with(".json"))
+            .count()
     };
+    // The chain's base first: a change before it would be in the base, not an increment.
+    agents[0].wait_for("the base backup", Duration::from_secs(60), || {
+        objects()
+            .iter()
+            .any(|n| n.ends_with("-etcd.zst.json") && !n.contains(".incr-"))
+            .then_some(())
+    });
+    // A change at a time, each shipped before the next is made.
     for round in 0..4 {
         cluster[0].put(&format!("/registry/configmaps/default/c{round}"), "v");
-        std::thread::sleep(Duration::from_millis(700));
+        agents[0].wait_for(
+            &format!("increment {} to be stored", round + 1),
+            Duration::from_secs(60),
+            || (increments() > round).then_some(()),
+        );
     }
-    agents[0].wait_for("increments", Duration::from_secs(60), || {
-        (objects().iter().filter(|n| n.contains(".incr-")).count() >= 4).then_some(())
-    });
     let metrics: Vec<String> = agents.iter().map(|agent| agent.get("/metrics").1).collect();
     drop(agents);
     let leader = &member_and_leader(&cluster[0]).1;

@@ -121,7 +121,8 @@ pub fn listed(json: &str) -> Vec<String> {
         .collect()
 }
 
-/// Files in a virtual cluster's folder of a directory destination, sorted.
+/// The files in `dir` (a virtual cluster's folder of a directory destination,
+/// say), sorted; none if it does not exist.
 pub fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()

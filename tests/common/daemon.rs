@@ -55,6 +55,7 @@ impl Daemon {
 
     /// [`crate::common::wait_for`] on this agent: fails at once if it has
     /// exited, and with its log on timeout.
+    #[track_caller]
     pub fn wait_for<T>(
         &self,
         what: &str,
@@ -107,6 +108,7 @@ impl Daemon {
     }
 
     /// Waits until `sample` reaches at least `at_least`.
+    #[track_caller]
     pub fn wait_metric(&self, sample: &str, at_least: f64, timeout: Duration) -> f64 {
         self.wait_for(&format!("{sample} >= {at_least}"), timeout, || {
             self.metric(sample).filter(|v| *v >= at_least)

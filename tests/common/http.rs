@@ -30,6 +30,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// Polls `check` every 100 ms until it returns Some, or panics after `timeout`
 /// naming `what`.
+#[track_caller]
 pub fn wait_for<T>(
     what: &str,
     timeout: std::time::Duration,
@@ -41,6 +42,7 @@ pub fn wait_for<T>(
 /// [`wait_for`], with `why` to explain a failure: asked after every miss with
 /// `false`, a `Some` ends the wait at once (what was to answer is gone); asked
 /// with `true` on timeout, what it says is added to the panic (a log, say).
+#[track_caller]
 pub fn wait_for_or<T>(
     what: &str,
     timeout: std::time::Duration,

@@ -5,7 +5,8 @@
 //! - [`daemon`]: the sidecar (`vcbackup run`) as a process, its log kept;
 //! - [`tools`]: the external tools the tests need, age keys, digests;
 //! - [`kine`]: kine-shaped SQLite databases (also the benchmark's generator);
-//! - [`writer`]: a kine-shaped writer and the prefix check of a restore;
+//! - [`writer`]: a kine-shaped writer, the prefix check of a restore, and a
+//!   step repeated on a thread;
 //! - [`http`]: free ports, plain HTTP GETs, the one `wait_for`, Prometheus samples;
 //! - [`etcd`]: etcd members and clusters on loopback, with certificates,
 //!   restarted or restored from a snapshot;
@@ -34,5 +35,5 @@ pub use {
     http::*,
     kine::{incompressible_kine_db, kine_digest, small_kine_db},
     tools::*,
-    writer::{ROWS_PER_TXN, Writer, committed_prefix, start_writer},
+    writer::{ROWS_PER_TXN, Repeating, Writer, committed_prefix, start_writer},
 };
