@@ -4,7 +4,6 @@
 //! restores, retention by chain, and a crash mid-increment.
 
 mod common;
-mod drill_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use common::*;
-use drill_support::{Daemon, Etcd, files};
 use rusqlite::Connection;
 
 struct Scene {
@@ -166,25 +164,13 @@ fn assert_kine_invariants(db: &Path) {
     assert_eq!(duplicates, 0);
 }
 
-/// Polls `check` every 100 ms; on timeout panics with the agent's log.
-fn wait_on<T>(
-    daemon: &Daemon,
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}; the agent's log:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// When the agent last saw every change shipped, from `/status` `rpo_seconds`
+/// (seconds since then, null before a chain), never later than the truth.
+fn in_sync_since(daemon: &Daemon) -> Option<chrono::DateTime<Utc>> {
+    let asked = Utc::now();
+    let rpo = daemon.status()["rpo_seconds"].as_f64()?;
+    // The status rounds down to the millisecond: one more keeps this a lower bound.
+    Some(asked - chrono::TimeDelta::milliseconds((rpo * 1000.0).round() as i64 + 1))
 }
 
 fn shipped(daemon: &Daemon) -> f64 {
@@ -208,6 +194,8 @@ fn a_sigkilled_agent_keeps_every_commit_acknowledged_two_intervals_before() {
     let mut acked = Vec::new();
     while started.elapsed() < run_for {
         acked.push((Instant::now(), writer.acked()));
+        // The scenario's clock (a sample of the writer every 20 ms until the
+        // random moment), not a wait.
         std::thread::sleep(Duration::from_millis(20));
     }
     let killed = Instant::now();
@@ -250,12 +238,9 @@ fn compaction_past_the_shipped_revision_forces_a_full_backup_and_no_delete_comes
     let conn = kine::open(&s.db).unwrap();
     let doomed = "/registry/configmaps/default/doomed";
     kine::put(&conn, doomed, false, b"v1".to_vec());
-    wait_on(
-        &daemon,
-        "the create to ship",
-        Duration::from_secs(20),
-        || (shipped(&daemon) >= 1.0).then_some(()),
-    );
+    daemon.wait_for("the create to ship", Duration::from_secs(20), || {
+        (shipped(&daemon) >= 1.0).then_some(())
+    });
 
     // One transaction, between two looks: the key is deleted, then compaction
     // removes its rows and its tombstone, before the tombstone ever shipped.
@@ -276,7 +261,7 @@ fn compaction_past_the_shipped_revision_forces_a_full_backup_and_no_delete_comes
         1.0,
         Duration::from_secs(30),
     );
-    wait_on(&daemon, "a second base", Duration::from_secs(30), || {
+    daemon.wait_for("a second base", Duration::from_secs(30), || {
         (s.bases().len() >= 2).then_some(())
     });
     assert!(
@@ -291,12 +276,9 @@ fn compaction_past_the_shipped_revision_forces_a_full_backup_and_no_delete_comes
         false,
         b"a".to_vec(),
     );
-    wait_on(
-        &daemon,
-        "the next change to ship",
-        Duration::from_secs(20),
-        || (shipped(&daemon) > before).then_some(()),
-    );
+    daemon.wait_for("the next change to ship", Duration::from_secs(20), || {
+        (shipped(&daemon) > before).then_some(())
+    });
 
     let to = s.dir.path().join("restored.db");
     ok(&mut s.restore(&to, &["latest"]));
@@ -313,7 +295,7 @@ fn compaction_past_the_shipped_revision_forces_a_full_backup_and_no_delete_comes
 fn point_in_time_restores_equal_the_store_at_three_times_in_one_chain() {
     let s = scene(1 << 20);
     let daemon = s.daemon("1s", &[]);
-    wait_on(&daemon, "the base", Duration::from_secs(20), || {
+    daemon.wait_for("the base", Duration::from_secs(20), || {
         (s.bases().len() == 1).then_some(())
     });
     let conn = kine::open(&s.db).unwrap();
@@ -330,19 +312,20 @@ fn point_in_time_restores_equal_the_store_at_three_times_in_one_chain() {
             round == 2,
             b"x".to_vec(),
         );
-        wait_on(
-            &daemon,
-            "the round to ship",
-            Duration::from_secs(20),
-            || (shipped(&daemon) > before).then_some(()),
-        );
+        daemon.wait_for("the round to ship", Duration::from_secs(20), || {
+            (shipped(&daemon) > before).then_some(())
+        });
         // One more look finds nothing new: everything up to now is stored.
-        std::thread::sleep(Duration::from_millis(1500));
+        let written = Utc::now();
+        daemon.wait_for(
+            "a look after the round to find everything shipped",
+            Duration::from_secs(20),
+            || (in_sync_since(&daemon)? > written).then_some(()),
+        );
         points.push((Utc::now(), rows(&s.db)));
-        std::thread::sleep(Duration::from_millis(1200));
     }
     assert_eq!(s.bases().len(), 1, "one chain");
-    // About a dozen looks found nothing between the rounds: they shipped nothing.
+    // Looks found nothing after each round (at least one each): they shipped nothing.
     let shipped_count = s.increments().len();
     assert!(
         (3..=6).contains(&shipped_count),
@@ -419,22 +402,25 @@ fn retention_deletes_chains_with_their_base_and_a_crash_mid_increment_is_never_a
     // Full backups every 4 s, none deleted by the agent.
     let mut daemon = s.daemon("1s", &["--schedule", "@every 4s", "--max-snapshots", "0"]);
     let mut n = 0;
-    while s.bases().len() < 3 || s.increments().len() < 4 {
-        kine::put(
-            &conn,
-            &format!("/registry/pods/default/p{n}"),
-            false,
-            b"p".to_vec(),
-        );
-        n += 1;
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            n < 200,
-            "no chains: {:?}\n{}",
-            files(&s.folder()),
-            daemon.log()
-        );
-    }
+    daemon.wait_for(
+        "three chains and four increments",
+        Duration::from_secs(60),
+        || {
+            if s.bases().len() >= 3 && s.increments().len() >= 4 {
+                return Some(());
+            }
+            kine::put(
+                &conn,
+                &format!("/registry/pods/default/p{n}"),
+                false,
+                b"p".to_vec(),
+            );
+            n += 1;
+            // The writer's pace (a pod every 300 ms or so), not a wait.
+            std::thread::sleep(Duration::from_millis(300));
+            None
+        },
+    );
     daemon.terminate();
     let bases = s.bases();
     let newest = bases.last().unwrap().clone();
@@ -542,7 +528,7 @@ fn etcd_increments_start_right_after_the_snapshot_and_compaction_forces_a_full_s
         etcd.put(&format!("/registry/configmaps/default/c{i}"), "v0");
     }
     let daemon = Daemon::start_logged(s.run(&etcd.endpoint.clone(), "1s", &[]), &s.log());
-    wait_on(&daemon, "the base", Duration::from_secs(30), || {
+    daemon.wait_for("the base", Duration::from_secs(30), || {
         (s.bases().len() == 1).then_some(())
     });
     for i in 0..5 {
@@ -551,20 +537,15 @@ fn etcd_increments_start_right_after_the_snapshot_and_compaction_forces_a_full_s
     etcd.delete("/registry/configmaps/default/c3");
     etcd.put("/registry/configmaps/default/new", "n");
     let settled = etcd.revision();
-    wait_on(
-        &daemon,
-        "the changes to ship",
-        Duration::from_secs(30),
-        || {
-            let last = s
-                .increments()
-                .iter()
-                .filter(|i| s.folder().join(format!("{i}.json")).exists())
-                .map(|i| s.manifest(i)["last_revision"].as_i64().unwrap())
-                .max()?;
-            (last >= settled).then_some(())
-        },
-    );
+    daemon.wait_for("the changes to ship", Duration::from_secs(30), || {
+        let last = s
+            .increments()
+            .iter()
+            .filter(|i| s.folder().join(format!("{i}.json")).exists())
+            .map(|i| s.manifest(i)["last_revision"].as_i64().unwrap())
+            .max()?;
+        (last >= settled).then_some(())
+    });
     // The first increment starts at the revision after the snapshot's own.
     let base = s.manifest(&s.bases()[0]);
     let first = s
@@ -596,13 +577,12 @@ fn etcd_increments_start_right_after_the_snapshot_and_compaction_forces_a_full_s
     ok(etcd.etcdctl().args(["compaction", &revision]));
     daemon.signal("CONT");
     let forced = "vcbackup_full_backups_forced_total{reason=\"compacted\"}";
-    wait_on(
-        &daemon,
+    daemon.wait_for(
         "a full backup forced by compaction",
         Duration::from_secs(60),
         || (daemon.metric(forced)? >= 1.0).then_some(()),
     );
-    wait_on(&daemon, "a second base", Duration::from_secs(30), || {
+    daemon.wait_for("a second base", Duration::from_secs(30), || {
         (s.bases().len() >= 2).then_some(())
     });
     etcd.put("/registry/configmaps/default/last", "l");
@@ -613,18 +593,13 @@ fn etcd_increments_start_right_after_the_snapshot_and_compaction_forces_a_full_s
         .unwrap()
         .trim_end_matches(".zst.age")
         .to_string();
-    wait_on(
-        &daemon,
-        "the new chain to ship",
-        Duration::from_secs(30),
-        || {
-            s.increments()
-                .iter()
-                .filter(|i| i.starts_with(&newest) && s.folder().join(format!("{i}.json")).exists())
-                .any(|i| s.manifest(i)["last_revision"].as_i64() >= Some(settled))
-                .then_some(())
-        },
-    );
+    daemon.wait_for("the new chain to ship", Duration::from_secs(30), || {
+        s.increments()
+            .iter()
+            .filter(|i| i.starts_with(&newest) && s.folder().join(format!("{i}.json")).exists())
+            .any(|i| s.manifest(i)["last_revision"].as_i64() >= Some(settled))
+            .then_some(())
+    });
     let archive = s.dir.path().join("after.tar.gz");
     ok(s.command(&["export", "latest"]).arg("-o").arg(&archive));
     assert_eq!(archive_pairs(&archive), etcd_pairs(&etcd));

@@ -4,71 +4,40 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Daemon {
-    child: Child,
-    port: u16,
+/// `vcbackup run` backing up `source` into `destination`, logging at info.
+fn start(source: &Path, destination: &str, extra: &[&str]) -> Daemon {
+    let mut cmd = unencrypted("run", destination);
+    cmd.arg("--source")
+        .arg(source)
+        .args(extra)
+        .env("VCBACKUP_LOG", "info");
+    Daemon::start(cmd)
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// SIGTERM: the exit status, how long the agent took to exit, and its log.
+fn sigterm(daemon: &mut Daemon) -> (std::process::ExitStatus, Duration, String) {
+    let started = Instant::now();
+    let status = daemon.terminate();
+    (status, started.elapsed(), daemon.log())
 }
 
-impl Daemon {
-    fn start(source: &Path, destination: &str, extra: &[&str]) -> Daemon {
-        let port = free_port();
-        let child = unencrypted("run", destination)
-            .arg("--source")
-            .arg(source)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env("VCBACKUP_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon { child, port };
-        wait_for("the daemon to listen", Duration::from_secs(20), || {
-            http_get(port, "/readyz")
-        });
-        daemon
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.port, path).unwrap_or_else(|| panic!("GET {path}: no answer"))
-    }
-
-    fn metric(&self, sample: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        metric(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
-    }
-
-    fn sigterm(&mut self) -> (std::process::ExitStatus, Duration, String) {
-        let started = Instant::now();
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let status = self.child.wait().unwrap();
-        let elapsed = started.elapsed();
-        let mut stderr = String::new();
-        use std::io::Read;
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        (status, elapsed, stderr)
-    }
+/// Waits until the scheduler has decided at start (`/status` shows `next_run`)
+/// and insists it decided to wait for the schedule's next slot: a catch-up
+/// runs at once (no jitter), so its `next_run` is not in the future, and the
+/// slot after a catch-up is set only once the catch-up has counted its backup.
+fn assert_waits_for_its_slot(daemon: &Daemon) {
+    let next_run = daemon.wait_for("the first next_run", Duration::from_secs(20), || {
+        daemon.status()["next_run"].as_str().map(str::to_string)
+    });
+    let at = chrono::DateTime::parse_from_rfc3339(&next_run).unwrap();
+    assert!(
+        at > chrono::Utc::now() + chrono::TimeDelta::seconds(1),
+        "next_run {next_run} is now: a catch-up"
+    );
 }
 
 /// Backup objects and manifests in a virtual cluster's folder, and anything else there.
@@ -115,7 +84,7 @@ fn setup(bytes: u64) -> Setup {
 impl Setup {
     /// The daemon backing up this database into this destination.
     fn daemon(&self, extra: &[&str]) -> Daemon {
-        Daemon::start(&self.db, &self.dest, extra)
+        start(&self.db, &self.dest, extra)
     }
 
     /// The virtual cluster's folder in the destination.
@@ -137,8 +106,8 @@ fn backs_up_on_schedule_keeps_the_count_and_reports_clean_metrics() {
     assert_eq!(daemon.get("/livez").0, 200);
     assert_eq!(daemon.get("/nope").0, 404);
 
-    wait_for("four successful backups", Duration::from_secs(60), || {
-        (daemon.metric("vcbackup_backups_total{result=\"success\"}") >= 4.0).then_some(())
+    daemon.wait_for("four successful backups", Duration::from_secs(60), || {
+        (daemon.sample("vcbackup_backups_total{result=\"success\"}") >= 4.0).then_some(())
     });
     let (_, text) = daemon.get("/metrics");
     promtool_check(&text);
@@ -186,7 +155,7 @@ fn backs_up_on_schedule_keeps_the_count_and_reports_clean_metrics() {
     assert!(json["next_run"].is_string());
     assert_eq!(json["recent_backups"].as_array().unwrap().len(), 2);
 
-    let (status, elapsed, _) = daemon.sigterm();
+    let (status, elapsed, _) = sigterm(&mut daemon);
     assert!(status.success(), "exit status {status}");
     assert!(elapsed < Duration::from_secs(10));
     // Retention kept the newest two, objects and manifests together.
@@ -209,19 +178,19 @@ fn a_failing_destination_counts_failures_but_stays_ready() {
     // A regular file where the destination directory should be.
     let blocked = tmp.path().join("not-a-dir");
     std::fs::write(&blocked, b"x").unwrap();
-    let daemon = Daemon::start(&db, &file_url(&blocked), &["--schedule", "@every 1s"]);
-    wait_for("two storage failures", Duration::from_secs(30), || {
-        (daemon.metric("vcbackup_backup_failures_total{stage=\"storage\"}") >= 2.0).then_some(())
+    let daemon = start(&db, &file_url(&blocked), &["--schedule", "@every 1s"]);
+    daemon.wait_for("two storage failures", Duration::from_secs(30), || {
+        (daemon.sample("vcbackup_backup_failures_total{stage=\"storage\"}") >= 2.0).then_some(())
     });
     assert_eq!(daemon.get("/readyz").0, 200);
     assert_eq!(daemon.get("/livez").0, 200);
-    assert!(daemon.metric("vcbackup_backups_total{result=\"failure\"}") >= 2.0);
+    assert!(daemon.sample("vcbackup_backups_total{result=\"failure\"}") >= 2.0);
     assert_eq!(
-        daemon.metric("vcbackup_backups_total{result=\"success\"}"),
+        daemon.sample("vcbackup_backups_total{result=\"success\"}"),
         0.0
     );
     assert_eq!(
-        daemon.metric("vcbackup_last_success_timestamp_seconds"),
+        daemon.sample("vcbackup_last_success_timestamp_seconds"),
         0.0
     );
     let json: serde_json::Value = serde_json::from_str(&daemon.get("/status").1).unwrap();
@@ -235,8 +204,8 @@ fn a_failing_destination_counts_failures_but_stays_ready() {
     );
 
     // The last few failures, newest first and bounded, show a flapping destination.
-    wait_for("eleven storage failures", Duration::from_secs(60), || {
-        (daemon.metric("vcbackup_backup_failures_total{stage=\"storage\"}") >= 11.0).then_some(())
+    daemon.wait_for("eleven storage failures", Duration::from_secs(60), || {
+        (daemon.sample("vcbackup_backup_failures_total{stage=\"storage\"}") >= 11.0).then_some(())
     });
     let json: serde_json::Value = serde_json::from_str(&daemon.get("/status").1).unwrap();
     let recent = json["recent_failures"].as_array().expect("recent_failures");
@@ -268,11 +237,18 @@ fn sigterm_mid_backup_aborts_cleanly_within_the_timeout() {
         "1s",
     ]);
     // Catch-up starts a backup at once (storage is empty).
-    wait_for("a backup in progress", Duration::from_secs(20), || {
-        (daemon.metric("vcbackup_backup_in_progress") == 1.0).then_some(())
+    daemon.wait_for("a backup in progress", Duration::from_secs(20), || {
+        (daemon.sample("vcbackup_backup_in_progress") == 1.0).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let (status, elapsed, stderr) = daemon.sigterm();
+    // Mid-write: the backup's partial file is in the destination.
+    daemon.wait_for("the backup's partial file", Duration::from_secs(20), || {
+        s.stored()
+            .2
+            .iter()
+            .any(|name| name.starts_with(".partial-"))
+            .then_some(())
+    });
+    let (status, elapsed, stderr) = sigterm(&mut daemon);
     assert!(status.success(), "exit status {status}: {stderr}");
     assert!(elapsed < Duration::from_secs(4), "took {elapsed:?} to stop");
     assert!(stderr.contains("backup aborted"), "{stderr}");
@@ -293,12 +269,12 @@ fn backup_on_shutdown_takes_a_final_backup_and_exits_cleanly() {
         "--no-catch-up",
         "--backup-on-shutdown",
     ]);
-    std::thread::sleep(Duration::from_millis(500));
+    assert_waits_for_its_slot(&daemon);
     assert_eq!(
-        daemon.metric("vcbackup_backups_total{result=\"success\"}"),
+        daemon.sample("vcbackup_backups_total{result=\"success\"}"),
         0.0
     );
-    let (status, elapsed, stderr) = daemon.sigterm();
+    let (status, elapsed, stderr) = sigterm(&mut daemon);
     assert!(status.success(), "{stderr}");
     assert!(elapsed < Duration::from_secs(9));
     let (objects, manifests, _) = s.stored();
@@ -310,29 +286,29 @@ fn catches_up_at_start_only_when_the_newest_backup_is_stale() {
     let s = setup(256 << 10);
 
     let mut no_catch_up = s.daemon(&["--schedule", "@daily", "--no-catch-up"]);
-    std::thread::sleep(Duration::from_secs(2));
+    assert_waits_for_its_slot(&no_catch_up);
     assert_eq!(
-        no_catch_up.metric("vcbackup_backups_total{result=\"success\"}"),
+        no_catch_up.sample("vcbackup_backups_total{result=\"success\"}"),
         0.0
     );
-    no_catch_up.sigterm();
+    sigterm(&mut no_catch_up);
     assert!(s.stored().0.is_empty());
 
     let mut catch_up = s.daemon(&["--schedule", "@daily"]);
     wait_for("the catch-up backup", Duration::from_secs(30), || {
-        (catch_up.metric("vcbackup_backups_total{result=\"success\"}") == 1.0).then_some(())
+        (catch_up.sample("vcbackup_backups_total{result=\"success\"}") == 1.0).then_some(())
     });
-    catch_up.sigterm();
+    sigterm(&mut catch_up);
 
     // The newest backup is fresh now: a restart takes none.
     let mut fresh = s.daemon(&["--schedule", "@daily"]);
-    std::thread::sleep(Duration::from_secs(2));
+    assert_waits_for_its_slot(&fresh);
     assert_eq!(
-        fresh.metric("vcbackup_backups_total{result=\"success\"}"),
+        fresh.sample("vcbackup_backups_total{result=\"success\"}"),
         0.0
     );
-    assert_eq!(fresh.metric("vcbackup_snapshots_stored"), 1.0);
-    fresh.sigterm();
+    assert_eq!(fresh.sample("vcbackup_snapshots_stored"), 1.0);
+    sigterm(&mut fresh);
     assert_eq!(s.stored().0.len(), 1);
 }
 
@@ -399,7 +375,6 @@ fn prune_prints_its_plan_and_dry_run_deletes_nothing() {
     for _ in 0..3 {
         let out = ok(unencrypted("backup", &s.dest).arg("--source").arg(&s.db));
         names.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
-        std::thread::sleep(Duration::from_millis(20));
     }
     let prune = |extra: &[&str]| {
         let out = ok(vcbackup()

@@ -5,14 +5,12 @@
 //! unless asked for, and a forged record does not count.
 
 mod common;
-mod drill_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use drill_support::{Daemon, files, verify_records};
 use rusqlite::Connection;
 
 struct Scene {
@@ -104,11 +102,11 @@ impl Scene {
         let mut daemon = Daemon::start_logged(cmd, &self.path("agent.log"));
         let shipped = "vcbackup_increments_total{result=\"shipped\"}";
         let conn = kine::open(&self.db).unwrap();
-        wait_for("the base backup", Duration::from_secs(60), || {
-            daemon
-                .metric("vcbackup_backups_total{result=\"success\"}")
-                .filter(|v| *v >= 1.0)
-        });
+        daemon.wait_metric(
+            "vcbackup_backups_total{result=\"success\"}",
+            1.0,
+            Duration::from_secs(60),
+        );
         for round in 1..=3 {
             for k in 0..5 {
                 kine::put(
@@ -282,11 +280,11 @@ fn a_chain_restore_keeps_the_revisions_its_increment_covered() {
         .args(["--incremental-interval", "1s", "--schedule", "@daily"])
         .args(["--vcluster-config", "/none"]);
     let mut daemon = Daemon::start_logged(cmd, &s.path("agent.log"));
-    wait_for("the base backup", Duration::from_secs(60), || {
-        daemon
-            .metric("vcbackup_backups_total{result=\"success\"}")
-            .filter(|v| *v >= 1.0)
-    });
+    daemon.wait_metric(
+        "vcbackup_backups_total{result=\"success\"}",
+        1.0,
+        Duration::from_secs(60),
+    );
     // One transaction: 100 rows written, the newest 10 deleted (compacted) again.
     let before = revision(&s.db);
     let mut conn = kine::open(&s.db).unwrap();

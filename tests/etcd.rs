@@ -8,9 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::process::Command;
 use std::time::Duration;
 
 use common::etcd::*;
@@ -90,7 +88,7 @@ fn put_pods(etcd: &Etcd, count: usize) {
 #[test]
 fn plain_http_backup_restores_with_etcdctl() {
     let dir = TempDir::new().unwrap();
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    let etcd = Etcd::start(&dir.path().join("etcd"));
     put_pods(&etcd, 12);
     let keys = age_keygen(dir.path(), "identity.txt");
     let dest = dir.path().join("backups");
@@ -139,7 +137,7 @@ fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
     // reaches storage while the snapshot still streams, not only at the end.
     use rand::RngCore;
     let dir = TempDir::new().unwrap();
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    let etcd = Etcd::start(&dir.path().join("etcd"));
     let mut rng = rand::rng();
     let mut values = Vec::new();
     for i in 0..160 {
@@ -171,7 +169,7 @@ fn a_snapshot_larger_than_a_storage_chunk_streams_through() {
 fn tls_with_client_certificates_as_in_a_vcluster_pod() {
     let dir = TempDir::new().unwrap();
     let pki = Pki::new(dir.path());
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, Some(&pki));
+    let etcd = Etcd::start_with(&dir.path().join("etcd"), "vc", Some(&pki));
     put_pods(&etcd, 7);
     let keys = age_keygen(dir.path(), "identity.txt");
     let dest = dir.path().join("backups");
@@ -199,45 +197,29 @@ fn tls_with_client_certificates_as_in_a_vcluster_pod() {
 #[test]
 fn consistent_while_a_writer_keeps_writing() {
     let dir = TempDir::new().unwrap();
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, None);
+    let etcd = Etcd::start(&dir.path().join("etcd"));
     // A few MiB, so the snapshot takes a while and the writer lands in it.
     let big = "x".repeat(64 * 1024);
     for i in 0..64 {
         etcd.put(&format!("/registry/configmaps/big{i:02}"), &big);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let stop = Arc::clone(&stop);
-        let written = Arc::clone(&written);
-        let endpoint = etcd.endpoint.clone();
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let output = run(Command::new(tool("etcdctl")).env("ETCDCTL_API", "3").args([
-                    "--endpoints",
-                    &endpoint,
-                    "put",
-                    &format!("/w/{i:06}"),
-                    "v",
-                ]));
-                assert!(output.status.success(), "writer failed");
-                i += 1;
-                written.store(i, Ordering::Relaxed);
-            }
-        })
-    };
-    while written.load(Ordering::Relaxed) < 5 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let endpoint = etcd.endpoint.clone();
+    let writer = Repeating::start(Duration::ZERO, move |i| {
+        let output = run(Command::new(tool("etcdctl")).env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &endpoint,
+            "put",
+            &format!("/w/{i:06}"),
+            "v",
+        ]));
+        assert!(output.status.success(), "writer failed");
+    });
+    writer.wait_steps(5);
     let dest = dir.path().join("backups");
     let manifest = backup(&etcd.endpoint, &dest, &["--no-encryption"]);
-    let at_backup = written.load(Ordering::Relaxed);
-    while written.load(Ordering::Relaxed) < at_backup + 5 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let at_backup = writer.steps();
+    writer.wait_steps(at_backup + 5);
+    writer.stop();
 
     let revision = manifest["revision"].as_i64().expect("revision in manifest");
     let listed = ok_stdout(
@@ -300,7 +282,7 @@ fn backup_fails(args: &[&str]) -> String {
 fn wrong_certificates_and_unreachable_endpoints_say_so() {
     let dir = TempDir::new().unwrap();
     let pki = Pki::new(dir.path());
-    let etcd = Etcd::start(&dir.path().join("etcd"), "vc", None, Some(&pki));
+    let etcd = Etcd::start_with(&dir.path().join("etcd"), "vc", Some(&pki));
     let data_dir = pki.data_dir.to_str().unwrap();
 
     // A CA that did not sign etcd's server certificate.
@@ -410,21 +392,14 @@ fn auto_detection_reports_what_it_chose_and_where_it_looked() {
 }
 
 /// One agent per replica, each beside its own member, all under one name, as
-/// helm-values/embedded-etcd.yaml deploys them; with their /status ports.
-fn start_agents(cluster: &[Etcd], dest: &Path, args: &[&str]) -> Vec<(std::process::Child, u16)> {
+/// helm-values/embedded-etcd.yaml deploys them.
+fn start_agents(cluster: &[Etcd], dest: &Path, args: &[&str]) -> Vec<Daemon> {
     cluster
         .iter()
         .map(|member| {
-            let port = free_port();
-            let child = unencrypted("run", &file_url(dest))
-                .args(["--source", &member.endpoint])
-                .args(args)
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            (child, port)
+            let mut cmd = unencrypted("run", &file_url(dest));
+            cmd.args(["--source", &member.endpoint]).args(args);
+            Daemon::start(cmd)
         })
         .collect()
 }
@@ -436,14 +411,11 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
     put_pods(&cluster[0], 5);
     let dest = dir.path().join("backups");
     let agents = start_agents(&cluster, &dest, &["--schedule", "@every 1s"]);
-    let status = |port: u16| -> Option<serde_json::Value> {
-        let (_, body) = http_get(port, "/status")?;
-        serde_json::from_str(&body).ok()
-    };
     // Every agent has decided, and the leader's agent has backed up a few slots.
-    wait_for("three backups", Duration::from_secs(60), || {
-        let decided = agents.iter().all(|(_, port)| {
-            status(*port).is_some_and(|s| !s["standby"].is_null() || !s["last_success"].is_null())
+    agents[0].wait_for("three backups", Duration::from_secs(60), || {
+        let decided = agents.iter().all(|agent| {
+            let s = agent.status();
+            !s["standby"].is_null() || !s["last_success"].is_null()
         });
         // Complete backups: their manifests (an upload in flight leaves a partial file).
         let backups = std::fs::read_dir(dest.join("demo"))
@@ -457,18 +429,9 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_backs_up() {
             .unwrap_or(0);
         (decided && backups >= 3).then_some(())
     });
-    let statuses: Vec<serde_json::Value> = agents
-        .iter()
-        .map(|(_, port)| status(*port).unwrap())
-        .collect();
-    let metrics: Vec<String> = agents
-        .iter()
-        .map(|(_, port)| http_get(*port, "/metrics").unwrap().1)
-        .collect();
-    for (mut child, _) in agents {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let statuses: Vec<serde_json::Value> = agents.iter().map(Daemon::status).collect();
+    let metrics: Vec<String> = agents.iter().map(|agent| agent.get("/metrics").1).collect();
+    drop(agents);
 
     let ids: Vec<(String, String)> = cluster.iter().map(member_and_leader).collect();
     let leader = &ids[0].1;
@@ -514,31 +477,31 @@ fn with_ha_embedded_etcd_only_the_leaders_agent_ships_increments() {
         &dest,
         &["--schedule", "@daily", "--incremental-interval", "1s"],
     );
-    let objects = || -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dest.join("demo"))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+    let objects = || files(&dest.join("demo"));
+    let increments = || {
+        objects()
+            .iter()
+            .filter(|n| n.contains(".incr-") && n.ends_with(".json"))
+            .count()
     };
+    // The chain's base first: a change before it would be in the base, not an increment.
+    agents[0].wait_for("the base backup", Duration::from_secs(60), || {
+        objects()
+            .iter()
+            .any(|n| n.ends_with("-etcd.zst.json") && !n.contains(".incr-"))
+            .then_some(())
+    });
+    // A change at a time, each shipped before the next is made.
     for round in 0..4 {
         cluster[0].put(&format!("/registry/configmaps/default/c{round}"), "v");
-        std::thread::sleep(Duration::from_millis(700));
+        agents[0].wait_for(
+            &format!("increment {} to be stored", round + 1),
+            Duration::from_secs(60),
+            || (increments() > round).then_some(()),
+        );
     }
-    wait_for("increments", Duration::from_secs(60), || {
-        (objects().iter().filter(|n| n.contains(".incr-")).count() >= 4).then_some(())
-    });
-    let metrics: Vec<String> = agents
-        .iter()
-        .map(|(_, port)| http_get(*port, "/metrics").unwrap().1)
-        .collect();
-    for (mut child, _) in agents {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let metrics: Vec<String> = agents.iter().map(|agent| agent.get("/metrics").1).collect();
+    drop(agents);
     let leader = &member_and_leader(&cluster[0]).1;
     let leader_index = cluster
         .iter()

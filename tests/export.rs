@@ -15,8 +15,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -269,31 +267,24 @@ fn sqlite_backup_taken_under_writes_exports_the_store_at_its_revision() {
     drop(conn);
 
     // A writer keeps creating, updating and deleting keys while the backup runs.
-    let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (db, stop) = (s.db.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let conn = Connection::open(&db).unwrap();
-            conn.busy_timeout(Duration::from_secs(10)).unwrap();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("/registry/leases/kube-system/l{}", n % 50);
-                kine::put(&conn, &key, n % 11 == 10, format!("renew {n}").as_bytes());
-                n += 1;
-            }
-            n
+        let conn = Connection::open(&s.db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        Repeating::start(Duration::ZERO, move |n| {
+            let key = format!("/registry/leases/kube-system/l{}", n % 50);
+            kine::put(&conn, &key, n % 11 == 10, format!("renew {n}").as_bytes());
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // Writes before, during and after the backup.
+    writer.wait_steps(20);
     let out = ok(backup(&s.db, &s.dest, &s.recipient, &s.config).args([
         "--chart-version",
         "0.30.5",
         "--namespace",
         "team-a",
     ]));
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let writes = writer.join().unwrap();
+    writer.wait_steps(writer.steps() + 20);
+    let writes = writer.stop();
     assert!(writes > 0);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("hunter2"), "the config leaked: {stderr}");
@@ -491,7 +482,7 @@ fn etcd_all_at(etcd: &Etcd, rev: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
 #[test]
 fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
     let s = setup();
-    let etcd = Etcd::start(&s.tmp.path().join("etcd"), "e0", None, None);
+    let etcd = Etcd::start_with(&s.tmp.path().join("etcd"), "e0", None);
 
     // Puts, overwrites and deletes, then a compaction: the snapshot holds
     // several versions of some keys, tombstones and compacted history.
@@ -521,39 +512,31 @@ fn etcd_backup_taken_under_writes_exports_what_etcdctl_reads_at_its_revision() {
     let rev = status[0]["Status"]["header"]["revision"].as_i64().unwrap();
     ok(etcd.etcdctl().args(["compact", &(rev - 5).to_string()]));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (ctl_endpoint, stop) = (etcd.endpoint.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let mut cmd = Command::new(tool("etcdctl"));
-                cmd.args(["--endpoints", &ctl_endpoint]);
-                if n % 5 == 4 {
-                    cmd.args(["del", &format!("/registry/leases/l{}", n % 7)]);
-                } else {
-                    cmd.args([
-                        "put",
-                        &format!("/registry/leases/l{}", n % 7),
-                        &format!("renew {n}"),
-                    ]);
-                }
-                ok(&mut cmd);
-                n += 1;
-            }
-            n
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let ctl_endpoint = etcd.endpoint.clone();
+    let writer = Repeating::start(Duration::ZERO, move |n| {
+        let mut cmd = Command::new(tool("etcdctl"));
+        cmd.args(["--endpoints", &ctl_endpoint]);
+        if n % 5 == 4 {
+            cmd.args(["del", &format!("/registry/leases/l{}", n % 7)]);
+        } else {
+            cmd.args([
+                "put",
+                &format!("/registry/leases/l{}", n % 7),
+                &format!("renew {n}"),
+            ]);
+        }
+        ok(&mut cmd);
+    });
+    // Writes before, during and after the backup.
+    writer.wait_steps(5);
     ok(&mut backup(
         &etcd.endpoint,
         &s.dest,
         &s.recipient,
         &s.config,
     ));
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    assert!(writer.join().unwrap() > 0);
+    writer.wait_steps(writer.steps() + 5);
+    assert!(writer.stop() > 0);
 
     let (backup, manifest) = only_backup(&s.dest);
     let revision = manifest["revision"].as_i64().unwrap();

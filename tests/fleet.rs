@@ -4,15 +4,15 @@
 //! front of the server), exit status, and the exporter's gauges.
 
 mod common;
-mod drill_support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use common::Daemon;
 use common::Scene;
+use common::s3::Proxy;
 use common::s3::{BUCKET, REGION, S3sFs, rt};
-use drill_support::{Daemon, Proxy};
 
 const CLUSTERS: usize = 50;
 const STALE: &str = "vc-07";
@@ -292,7 +292,7 @@ fn the_exporter_serves_per_cluster_gauges_and_follows_the_bucket() {
     });
     let gauge =
         |name: &str, cluster: &str| exporter.metric(&format!("{name}{{vcluster=\"{cluster}\"}}"));
-    common::wait_for("the first survey", Duration::from_secs(30), || {
+    exporter.wait_for("the first survey", Duration::from_secs(30), || {
         gauge("vcbackup_fleet_backups", "vc-01")
     });
     let text = exporter.metrics();
@@ -341,7 +341,7 @@ fn the_exporter_serves_per_cluster_gauges_and_follows_the_bucket() {
         )
         .unwrap();
     }
-    common::wait_for("the new backup", Duration::from_secs(30), || {
+    exporter.wait_for("the new backup", Duration::from_secs(30), || {
         gauge("vcbackup_fleet_last_success_timestamp_seconds", STALE)
             .filter(|t| *t > Utc::now().timestamp() as f64 - 60.0)
     });

@@ -89,9 +89,11 @@ fn backups_under_a_live_writer_hold_exactly_a_prefix_of_its_commits() {
     let s = setup(8 << 20);
     let schema_before: i64 = s.query_source("SELECT count(*) FROM sqlite_schema");
     let writer = start_writer(&s.db);
-    while writer.acked.load(Ordering::SeqCst) < 20 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(
+        "the writer's first 20 commits",
+        Duration::from_secs(60),
+        || (writer.acked() >= 20).then_some(()),
+    );
     let mut taken = Vec::new();
     for _ in 0..3 {
         let acked_before = writer.acked.load(Ordering::SeqCst);
@@ -283,8 +285,8 @@ fn restore_bumps_the_kine_revision_and_replaces_stale_wal_files() {
 #[test]
 fn list_is_newest_first_and_at_picks_the_newest_not_newer() {
     let s = setup(256 << 10);
+    // Names and `created` carry milliseconds: two backups one after the other differ.
     let first = take_backup(&s);
-    std::thread::sleep(Duration::from_millis(1100));
     let second = take_backup(&s);
     let listed = list_json(&s.dest, "demo");
     let names: Vec<&str> = listed.iter().map(|b| b["name"].as_str().unwrap()).collect();
@@ -342,18 +344,6 @@ fn restore_never_overwrites_without_force_and_if_missing_keeps_the_target() {
     let fresh = s.dir.path().join("fresh.db");
     ok(s.restore(&fresh).arg("--if-missing"));
     assert!(fresh.exists());
-}
-
-/// Every file in `dir`, for "nothing was left behind" checks.
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 #[test]
@@ -430,9 +420,9 @@ fn bad_sources_and_recipients_are_named_and_store_nothing() {
         "{err}"
     );
     assert!(
-        files_in(&s.backup_dir()).is_empty(),
+        files(&s.backup_dir()).is_empty(),
         "a failed backup left {:?}",
-        files_in(&s.backup_dir())
+        files(&s.backup_dir())
     );
 
     let name = String::from_utf8(ok(no_recipient.arg("--no-encryption")).stdout).unwrap();
@@ -545,7 +535,7 @@ fn wrong_identities_unknown_names_and_damaged_backups_replace_nothing() {
     assert!(err.contains(&*object.display().to_string()), "{err}");
     assert!(!out.exists());
     assert_eq!(
-        files_in(s.dir.path())
+        files(s.dir.path())
             .iter()
             .filter(|f| f.contains(".vcbackup-"))
             .count(),
@@ -607,9 +597,9 @@ fn a_full_destination_fails_cleanly() {
         "{err}"
     );
     assert!(
-        files_in(&mount.join("demo")).is_empty(),
+        files(&mount.join("demo")).is_empty(),
         "left {:?}",
-        files_in(&mount.join("demo"))
+        files(&mount.join("demo"))
     );
 }
 
@@ -674,7 +664,7 @@ fn every_object_and_manifest_is_private_whatever_the_umask() {
         ok(&mut with_umask(umask, &cmd));
         ok(&mut with_umask(umask, &s.backup()));
     }
-    let files = files_in(&s.backup_dir());
+    let files = files(&s.backup_dir());
     assert_eq!(files.len(), 8, "{files:?}");
     for name in files {
         let mode = std::fs::metadata(s.backup_dir().join(&name))
@@ -706,13 +696,13 @@ fn partial_files_of_killed_backups_are_swept_once_old_and_live_ones_kept() {
         .spawn()
         .unwrap();
     let partial = wait_for("a partial file", Duration::from_secs(30), || {
-        files_in(&s.backup_dir())
+        files(&s.backup_dir())
             .into_iter()
             .find(|n| n.starts_with(".partial-"))
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(files_in(&s.backup_dir()).contains(&partial));
+    assert!(files(&s.backup_dir()).contains(&partial));
 
     // A partial file still being written (fresh) is never touched; an old one goes.
     let live = s.backup_dir().join(".partial-demo-live.zst.age.1.0");
@@ -725,16 +715,22 @@ fn partial_files_of_killed_backups_are_swept_once_old_and_live_ones_kept() {
         .set_modified(two_days_ago)
         .unwrap();
     let name = take_backup(&s);
-    let files = files_in(&s.backup_dir());
-    assert!(!files.contains(&partial), "{files:?}");
+    let left = files(&s.backup_dir());
+    assert!(!left.contains(&partial), "{left:?}");
     assert!(
-        files.contains(&".partial-demo-live.zst.age.1.0".to_string()),
-        "{files:?}"
+        left.contains(&".partial-demo-live.zst.age.1.0".to_string()),
+        "{left:?}"
     );
-    assert!(files.contains(&name), "{files:?}");
+    assert!(left.contains(&name), "{left:?}");
 
-    // prune sweeps with its own limit; the backup itself is kept.
-    std::thread::sleep(Duration::from_millis(1500));
+    // prune sweeps with its own limit; the backup itself is kept. The live
+    // partial file is made older than that limit.
+    std::fs::File::options()
+        .write(true)
+        .open(&live)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3))
+        .unwrap();
     let pruned = String::from_utf8(
         ok(vcbackup().args([
             "prune",
@@ -749,12 +745,9 @@ fn partial_files_of_killed_backups_are_swept_once_old_and_live_ones_kept() {
     )
     .unwrap();
     assert!(pruned.contains("aborted 1 unfinished upload"), "{pruned}");
-    let files = files_in(&s.backup_dir());
-    assert!(
-        !files.iter().any(|n| n.starts_with(".partial-")),
-        "{files:?}"
-    );
-    assert!(files.contains(&name), "{files:?}");
+    let left = files(&s.backup_dir());
+    assert!(!left.iter().any(|n| n.starts_with(".partial-")), "{left:?}");
+    assert!(left.contains(&name), "{left:?}");
 }
 
 #[test]
@@ -837,7 +830,7 @@ fn restore_and_decrypt_onto_a_dangling_symlink_fail_first_naming_force() {
     assert!(err.contains("link.db") && err.contains("--force"), "{err}");
     assert!(to.symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(
-        files_in(s.dir.path())
+        files(s.dir.path())
             .iter()
             .filter(|f| f.contains(".vcbackup-"))
             .count(),
@@ -940,14 +933,14 @@ fn a_backup_leaves_no_new_file_beside_the_source() {
     std::fs::create_dir(&source_dir).unwrap();
     let db = source_dir.join("state.db");
     small_kine_db(&db, 256 << 10);
-    assert_eq!(files_in(&source_dir), ["state.db"]);
+    assert_eq!(files(&source_dir), ["state.db"]);
     let backup = || {
         let mut cmd = unencrypted("backup", &dest);
         cmd.arg("--source").arg(&db);
         cmd
     };
     ok(&mut backup());
-    assert_eq!(files_in(&source_dir), ["state.db"]);
+    assert_eq!(files(&source_dir), ["state.db"]);
 
     // Garbage after the 100-byte header: still WAL mode, but page 1 is unreadable.
     let mut data = std::fs::read(&db).unwrap();
@@ -957,5 +950,5 @@ fn a_backup_leaves_no_new_file_beside_the_source() {
     std::fs::write(&db, &data).unwrap();
     let err = error_line(&fails(&mut backup()));
     assert!(err.contains(&*db.display().to_string()), "{err}");
-    assert_eq!(files_in(&source_dir), ["state.db"]);
+    assert_eq!(files(&source_dir), ["state.db"]);
 }

@@ -221,44 +221,33 @@ fn the_daemon_keeps_retention_healthy_on_a_server_without_list_multipart_uploads
     let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let f = fixture_with_keys(MIB, ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut daemon = f
-        .scene
-        .command(&[
-            "run",
-            "--source",
-            &f.source,
-            "--destination",
-            &dest,
-            "--name",
-            "demo",
-            "--recipient",
-            &f.recipient,
-            "--schedule",
-            "@every 2s",
-            "--max-snapshots",
-            "2",
-            "--listen",
-            &listen,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = Daemon::start(f.scene.command(&[
+        "run",
+        "--source",
+        &f.source,
+        "--destination",
+        &dest,
+        "--name",
+        "demo",
+        "--recipient",
+        &f.recipient,
+        "--schedule",
+        "@every 2s",
+        "--max-snapshots",
+        "2",
+    ]));
     // Retention after the third backup deletes the first.
-    let metrics = wait_for(
+    let metrics = daemon.wait_for(
         "retention to delete a backup",
         Duration::from_secs(60),
         || {
-            let (_, text) = http_get(port, "/metrics")?;
+            let text = daemon.metrics();
             let deleted = metric(&text, "vcbackup_retention_deleted_total")?;
             (deleted >= 1.0).then_some(text)
         },
     );
-    let _ = daemon.kill();
-    let output = daemon.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    daemon.kill();
+    let stderr = daemon.log();
 
     assert_eq!(
         metric(
@@ -721,21 +710,17 @@ fn increments_ship_to_s3_and_a_restore_applies_them() {
     let server = S3sFs::start(AccessKeys::with(ACCESS_KEY, SECRET));
     let f = fixture_with_keys(MIB, ACCESS_KEY, SECRET);
     let dest = destination(&server.endpoint(), "");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut daemon = f
-        .scene
-        .command(&["run", "--source", &f.source, "--destination", &dest])
-        .args(["--name", "demo", "--recipient", &f.recipient])
-        .args(["--schedule", "@daily", "--incremental-interval", "1s"])
-        .args(["--listen", &listen])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = Daemon::start({
+        let mut cmd = f
+            .scene
+            .command(&["run", "--source", &f.source, "--destination", &dest]);
+        cmd.args(["--name", "demo", "--recipient", &f.recipient])
+            .args(["--schedule", "@daily", "--incremental-interval", "1s"]);
+        cmd
+    });
     let conn = kine::open(std::path::Path::new(&f.source)).unwrap();
     let mut written = 0;
-    wait_for(
+    daemon.wait_for(
         "three increments in the bucket",
         Duration::from_secs(60),
         || {
@@ -746,14 +731,13 @@ fn increments_ship_to_s3_and_a_restore_applies_them() {
                 b"s".to_vec(),
             );
             written += 1;
+            // The writer's pace (a key every 300 ms or so), not a wait.
             std::thread::sleep(Duration::from_millis(300));
-            let (_, text) = http_get(port, "/metrics")?;
-            let shipped = metric(&text, "vcbackup_increments_total{result=\"shipped\"}")?;
+            let shipped = daemon.metric("vcbackup_increments_total{result=\"shipped\"}")?;
             (shipped >= 3.0).then_some(())
         },
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    daemon.kill();
     // The highest revision any stored increment covers (names carry the range).
     let objects = server.objects();
     let shipped: Vec<i64> = objects

@@ -4,15 +4,13 @@
 //! deleted, never as a retention failure, in a directory and on S3.
 
 mod common;
-mod drill_support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::s3::{BUCKET, Moto, REGION, rt, s3_client};
 use common::*;
-use drill_support::Daemon;
 
 const AGENTS: usize = 3;
 /// Full backups each agent takes in a directory, each followed by its
@@ -68,28 +66,35 @@ fn agents_share(dir: &Path, destination: &str, env: &[(&str, &str)], backups_eac
             Daemon::start_logged(cmd, &dir.join(format!("agent-{n}.log")))
         })
         .collect();
-    let started = Instant::now();
-    loop {
-        // The first failure ends the wait: it is what the test looks for.
-        for (n, agent) in agents.iter().enumerate() {
-            if agent.metric(RETENTION_FAILURES).unwrap_or(0.0) > 0.0 {
-                panic!("agent {n} counted a retention failure:\n{}", agent.log());
-            }
-        }
-        let taken: Vec<f64> = agents
+    let taken = || -> Vec<f64> {
+        agents
             .iter()
             .map(|a| a.metric(SUCCESSES).unwrap_or(0.0))
-            .collect();
-        if taken.iter().all(|t| *t >= backups_each) {
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "after {DEADLINE:?}, the agents had taken {taken:?} backups, not {backups_each} each; the last agent's log:\n{}",
-            agents[AGENTS - 1].log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            .collect()
+    };
+    wait_for_or(
+        &format!("{backups_each} backups by each agent"),
+        DEADLINE,
+        |timed_out| {
+            // The first failure ends the wait: it is what the test looks for.
+            for (n, agent) in agents.iter().enumerate() {
+                if agent.metric(RETENTION_FAILURES).unwrap_or(0.0) > 0.0 {
+                    return Some(format!(
+                        "agent {n} counted a retention failure:\n{}",
+                        agent.log()
+                    ));
+                }
+            }
+            timed_out.then(|| {
+                format!(
+                    "the agents had taken {:?}; the last agent's log:\n{}",
+                    taken(),
+                    agents[AGENTS - 1].log()
+                )
+            })
+        },
+        || taken().iter().all(|t| *t >= backups_each).then_some(()),
+    );
     let mut deleted = 0.0;
     for (n, agent) in agents.iter().enumerate() {
         let log = agent.log();

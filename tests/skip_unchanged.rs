@@ -5,53 +5,16 @@
 //! and so does a delete, even once compaction has removed it.
 
 mod common;
-mod drill_support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use drill_support::{Daemon, Etcd, files};
 
 const LONG: Duration = Duration::from_secs(90);
 const UNCHANGED: &str = r#"vcbackup_backups_total{result="unchanged"}"#;
 const SUCCESS: &str = r#"vcbackup_backups_total{result="success"}"#;
-
-/// Stops and joins a writer thread on drop.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(mut step: impl FnMut(u64) + Send + 'static) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut n = 0;
-            while !flag.load(Ordering::SeqCst) {
-                step(n);
-                n += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Writer {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 fn run_daemon(source: &str, dest: &Path, extra: &[&str]) -> Daemon {
     let mut cmd = vcbackup();
@@ -176,7 +139,7 @@ fn kine_idle_writes_upload_nothing_and_a_change_or_a_compacted_delete_backs_up()
         .unwrap();
     }
     let path = db.clone();
-    let writer = Writer::start(move |n| {
+    let writer = Repeating::start(Duration::from_millis(50), move |n| {
         kine_idle_step(&connect(&path), n);
     });
     let source = db.display().to_string();
@@ -194,8 +157,7 @@ fn kine_idle_writes_upload_nothing_and_a_change_or_a_compacted_delete_backs_up()
     assert_eq!(manifest["semantic_revision"]["keys"], 20, "{manifest}");
 
     // Freshness follows the checks, not the backup: /metrics, a restarted agent, fleet.
-    let (_, status) = http_get(daemon.port, "/status").unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let status = daemon.status();
     let checked =
         chrono::DateTime::parse_from_rfc3339(status["last_unchanged"]["time"].as_str().unwrap())
             .unwrap();
@@ -210,7 +172,7 @@ fn kine_idle_writes_upload_nothing_and_a_change_or_a_compacted_delete_backs_up()
     let restarted = run_daemon(&source, &dest, &["--no-catch-up"]);
     // The agent is ready before its first listing of storage (readiness never
     // waits on storage), so the seeded value comes a moment later.
-    let seeded = wait_for(
+    let seeded = restarted.wait_for(
         "a restart to read the mark",
         Duration::from_secs(20),
         || {
@@ -287,7 +249,7 @@ fn etcd_idle_writes_upload_nothing_and_a_change_or_a_delete_backs_up() {
         etcd.put(&format!("/registry/configmaps/default/cm-{i}"), "v1");
     }
     let idle = Arc::clone(&etcd);
-    let writer = Writer::start(move |n| {
+    let writer = Repeating::start(Duration::from_millis(50), move |n| {
         let lease = ["kube-controller-manager", "kube-scheduler"][n as usize % 2];
         idle.put(
             &format!("/registry/leases/kube-system/{lease}"),

@@ -4,13 +4,12 @@
 //! backup, which `list` shows and retention deletes with the backup.
 
 mod common;
-mod drill_support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::s3::Proxy;
 use common::*;
-use drill_support::*;
 
 struct Setup {
     dir: tempfile::TempDir,

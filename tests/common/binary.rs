@@ -121,6 +121,35 @@ pub fn listed(json: &str) -> Vec<String> {
         .collect()
 }
 
+/// The files in `dir` (a virtual cluster's folder of a directory destination,
+/// say), sorted; none if it does not exist.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The verify records in a folder, as `(backup, mode, result)`.
+pub fn verify_records(dir: &Path) -> Vec<(String, String, String)> {
+    files(dir)
+        .into_iter()
+        .filter_map(|name| {
+            let (backup, rest) = name.strip_suffix(".json")?.rsplit_once(".verify-")?;
+            let mut parts = rest.splitn(3, '-');
+            let _time = parts.next()?;
+            Some((
+                backup.to_string(),
+                parts.next()?.to_string(),
+                parts.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// A place for one test's files, and the environment the binary runs in: no
 /// AWS settings from the machine, nothing but what the test gives.
 pub struct Scene {

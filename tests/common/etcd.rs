@@ -2,12 +2,13 @@
 //! or without TLS and client certificates laid out as in a vCluster pod (made
 //! with the openssl CLI), a member restored from a snapshot, or a cluster.
 
+use std::ffi::OsString;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::{SETUP, free_port, ok, ok_stdout, run, tool};
+use crate::common::{SETUP, free_port, ok, ok_stdout, run, tool, wait_for_or};
 
 /// Certificates as a vCluster pod has them, generated with the openssl CLI.
 pub struct Pki {
@@ -133,68 +134,118 @@ impl Pki {
     }
 }
 
-/// One etcd member on loopback, killed on drop.
+/// One etcd member on loopback, killed on drop: fresh, with TLS, restored
+/// from a snapshot, or one of a cluster; [`Etcd::restart`] starts it again as
+/// it was.
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
-    _log: PathBuf,
+    /// The member's whole command line, to start it again the same way.
+    args: Vec<OsString>,
+    log: PathBuf,
 }
 
 impl Etcd {
-    /// Starts a fresh member in `data_dir`, or one restored there with name `name` and `peer`.
-    pub fn start(data_dir: &Path, name: &str, peer: Option<String>, pki: Option<&Pki>) -> Etcd {
-        let client_port = free_port();
-        let peer_url = peer.unwrap_or_else(|| format!("http://127.0.0.1:{}", free_port()));
+    /// A fresh plain-HTTP member named `vc` in `data_dir`.
+    pub fn start(data_dir: &Path) -> Etcd {
+        Etcd::start_with(data_dir, "vc", None)
+    }
+
+    /// A fresh member named `name` in `data_dir`, serving TLS with client
+    /// certificates when `pki` is given.
+    pub fn start_with(data_dir: &Path, name: &str, pki: Option<&Pki>) -> Etcd {
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        Etcd::start_member(data_dir, name, &peer, pki)
+    }
+
+    /// A single-member cluster `name` (fresh, or restored into `data_dir` with `peer`).
+    fn start_member(data_dir: &Path, name: &str, peer: &str, pki: Option<&Pki>) -> Etcd {
         let scheme = if pki.is_some() { "https" } else { "http" };
-        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
-        let log = data_dir.with_extension("log");
-        let mut cmd = Command::new(tool("etcd"));
-        cmd.args(["--name", name, "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("{name}={peer_url}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+        let endpoint = format!("{scheme}://127.0.0.1:{}", free_port());
+        let mut args = member_args(name, data_dir, &endpoint, peer, &format!("{name}={peer}"));
         let tls = pki.map(|pki| {
-            cmd.arg("--cert-file")
-                .arg(&pki.server_cert)
-                .arg("--key-file")
-                .arg(&pki.server_key)
-                .arg("--trusted-ca-file")
-                .arg(pki.ca())
-                .arg("--client-cert-auth");
+            let flags = [
+                ("--cert-file", pki.server_cert.clone()),
+                ("--key-file", pki.server_key.clone()),
+                ("--trusted-ca-file", pki.ca()),
+            ];
+            for (flag, path) in flags {
+                args.push(flag.into());
+                args.push(path.into());
+            }
+            args.push("--client-cert-auth".into());
             (pki.ca(), pki.cert(), pki.key())
         });
-        let child = cmd
+        let etcd = Etcd::spawn(endpoint, tls, args, data_dir.with_extension("log"));
+        etcd.wait_healthy(Duration::from_secs(30));
+        etcd
+    }
+
+    fn spawn(
+        endpoint: String,
+        tls: Option<(PathBuf, PathBuf, PathBuf)>,
+        args: Vec<OsString>,
+        log: PathBuf,
+    ) -> Etcd {
+        let child = Command::new(tool("etcd"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("start etcd: {e}; {SETUP}"));
-        let etcd = Etcd {
+        Etcd {
             child,
             endpoint,
             tls,
-            _log: log.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(("127.0.0.1", client_port)).is_ok()
-                && run(etcd.etcdctl().args(["endpoint", "health"]))
-                    .status
-                    .success()
-            {
-                return etcd;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+            args,
+            log,
         }
+    }
+
+    /// Waits until the member answers `etcdctl endpoint health`; on timeout
+    /// panics with its log.
+    fn wait_healthy(&self, timeout: Duration) {
+        let port = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap();
+        wait_for_or(
+            &format!("etcd at {} to be healthy", self.endpoint),
+            timeout,
+            |timed_out| timed_out.then(|| format!("its log:\n{}", self.log())),
+            || {
+                (TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && run(self.etcdctl().args(["endpoint", "health"]))
+                        .status
+                        .success())
+                .then_some(())
+            },
+        );
+    }
+
+    /// Kills the member and starts it again on the same data and ports: every
+    /// client connection breaks, nothing stored is lost.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let restarted = Etcd::spawn(
+            self.endpoint.clone(),
+            self.tls.clone(),
+            self.args.clone(),
+            self.log.clone(),
+        );
+        *self = restarted;
+        self.wait_healthy(Duration::from_secs(30));
+    }
+
+    /// What the member wrote to standard error.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn etcdctl(&self) -> Command {
@@ -218,6 +269,17 @@ impl Etcd {
 
     pub fn put(&self, key: &str, value: &str) {
         ok(self.etcdctl().args(["put", key, value]));
+    }
+
+    pub fn delete(&self, key: &str) {
+        ok(self.etcdctl().args(["del", key]));
+    }
+
+    /// The store's revision now.
+    pub fn revision(&self) -> i64 {
+        let json = ok_stdout(self.etcdctl().args(["get", "x", "-w", "json"]));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value["header"]["revision"].as_i64().unwrap()
     }
 
     /// Keys under `prefix` with their mod revision, and the store's revision.
@@ -247,6 +309,32 @@ impl Etcd {
             .unwrap_or_default();
         (kvs, value["header"]["revision"].as_i64().unwrap())
     }
+}
+
+/// etcd's flags for member `name` in `data_dir`, serving `endpoint`, in `initial_cluster`.
+fn member_args(
+    name: &str,
+    data_dir: &Path,
+    endpoint: &str,
+    peer: &str,
+    initial_cluster: &str,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["--name", name, "--data-dir"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    args.push(data_dir.into());
+    for (flag, value) in [
+        ("--listen-client-urls", endpoint),
+        ("--advertise-client-urls", endpoint),
+        ("--listen-peer-urls", peer),
+        ("--initial-advertise-peer-urls", peer),
+        ("--initial-cluster", initial_cluster),
+    ] {
+        args.push(flag.into());
+        args.push(value.into());
+    }
+    args
 }
 
 impl Drop for Etcd {
@@ -285,7 +373,7 @@ pub fn restore_and_start(snapshot: &Path, dir: &Path, name: &str) -> Etcd {
         .arg(&data_dir)
         .args(["--name", name, "--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", &format!("{name}={peer}")]));
-    Etcd::start(&data_dir, name, Some(peer), None)
+    Etcd::start_member(&data_dir, name, &peer, None)
 }
 
 /// A cluster of `n` members on loopback, as HA embedded etcd runs one member
@@ -303,39 +391,15 @@ pub fn start_cluster(dir: &Path, n: usize) -> Vec<Etcd> {
         .iter()
         .map(|(name, client, peer)| {
             let endpoint = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = dir.join(format!("{name}.log"));
-            let child = Command::new(tool("etcd"))
-                .args(["--name", name, "--data-dir"])
-                .arg(dir.join(name))
-                .args(["--listen-client-urls", &endpoint])
-                .args(["--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &initial_cluster])
-                .args(["--initial-cluster-state", "new"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("start etcd: {e}; {SETUP}"));
-            Etcd {
-                child,
-                endpoint,
-                tls: None,
-                _log: log,
-            }
+            let peer = format!("http://127.0.0.1:{peer}");
+            let mut args = member_args(name, &dir.join(name), &endpoint, &peer, &initial_cluster);
+            args.extend(["--initial-cluster-state".into(), "new".into()]);
+            Etcd::spawn(endpoint, None, args, dir.join(format!("{name}.log")))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Each member is healthy only once a quorum has formed: all are started first.
     for member in &cluster {
-        while !run(member.etcdctl().args(["endpoint", "health"]))
-            .status
-            .success()
-        {
-            assert!(Instant::now() < deadline, "the etcd cluster did not form");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        member.wait_healthy(Duration::from_secs(60));
     }
     cluster
 }

@@ -28,10 +28,25 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// Polls `check` every 100 ms until it returns Some, or panics after `timeout`.
+/// Polls `check` every 100 ms until it returns Some, or panics after `timeout`
+/// naming `what`.
+#[track_caller]
 pub fn wait_for<T>(
     what: &str,
     timeout: std::time::Duration,
+    check: impl FnMut() -> Option<T>,
+) -> T {
+    wait_for_or(what, timeout, |_| None, check)
+}
+
+/// [`wait_for`], with `why` to explain a failure: asked after every miss with
+/// `false`, a `Some` ends the wait at once (what was to answer is gone); asked
+/// with `true` on timeout, what it says is added to the panic (a log, say).
+#[track_caller]
+pub fn wait_for_or<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut why: impl FnMut(bool) -> Option<String>,
     mut check: impl FnMut() -> Option<T>,
 ) -> T {
     let start = std::time::Instant::now();
@@ -39,10 +54,14 @@ pub fn wait_for<T>(
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if let Some(reason) = why(false) {
+            panic!("gave up waiting for {what}: {reason}");
+        }
+        if start.elapsed() >= timeout {
+            let reason = why(true).map(|r| format!("; {r}")).unwrap_or_default();
+            panic!("timed out after {timeout:?} waiting for {what}{reason}");
+        }
+        // The poll interval, not a wait: `check` decides when the wait is over.
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

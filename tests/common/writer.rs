@@ -1,14 +1,15 @@
-//! A kine-shaped writer committing while backups run, and the check that a
-//! restored database holds exactly a prefix of its commits, each whole.
+//! A kine-shaped writer committing while backups run, the check that a
+//! restored database holds exactly a prefix of its commits, each whole, and
+//! [`Repeating`], any step repeated on a thread (an idle writer, a stream of puts).
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::kine;
+use super::{kine, wait_for};
 
 /// A kine-shaped writer: each transaction inserts three rows named after its
 /// number, the way one Kubernetes update writes a key and its neighbours.
@@ -110,5 +111,74 @@ impl Writer {
             .join()
             .unwrap()
             .expect("the writer must never see an error")
+    }
+}
+
+/// A step repeated on a thread until stopped (or dropped): an idle writer, a
+/// stream of puts beside a backup. Counts its steps, so a test waits on what
+/// it has written rather than for a while.
+pub struct Repeating {
+    steps: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Repeating {
+    /// Runs `step(0)`, `step(1)`, … with `pace` between steps.
+    pub fn start(pace: Duration, mut step: impl FnMut(u64) + Send + 'static) -> Repeating {
+        let steps = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, flag) = (Arc::clone(&steps), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !flag.load(Ordering::SeqCst) {
+                step(n);
+                n += 1;
+                count.store(n, Ordering::SeqCst);
+                if !pace.is_zero() {
+                    // The writer's pace, part of the scenario, not a wait.
+                    std::thread::sleep(pace);
+                }
+            }
+        });
+        Repeating {
+            steps,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Steps done so far.
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` steps are done; returns how many are.
+    #[track_caller]
+    pub fn wait_steps(&self, n: u64) -> u64 {
+        wait_for(
+            &format!("{n} steps of the writer"),
+            Duration::from_secs(60),
+            || Some(self.steps()).filter(|&done| done >= n),
+        )
+    }
+
+    /// Stops and joins the thread (a panic in a step fails the test here);
+    /// returns the steps done.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(panic) = self.thread.take().unwrap().join() {
+            std::panic::resume_unwind(panic);
+        }
+        self.steps()
+    }
+}
+
+impl Drop for Repeating {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

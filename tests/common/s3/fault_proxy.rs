@@ -99,6 +99,7 @@ async fn proxy(
         (f.delay, fault)
     };
     if !delay.is_zero() {
+        // The fault injected (a slow network), part of the scenario, not a wait.
         tokio::time::sleep(delay).await;
     }
     let (parts, mut body) = req.into_parts();

@@ -1,7 +1,8 @@
 //! S3 servers for the tests, each in its own file: s3s-fs in process with
 //! SigV4 checked ([`s3s_server`]), a fault-injecting reverse proxy
 //! ([`fault_proxy`]), an emulated EKS Pod Identity agent ([`pod_identity`]),
-//! and moto with IAM authentication in a venv ([`moto`]). Here: what they
+//! moto with IAM authentication in a venv ([`moto`]), and a proxy that records
+//! requests and can damage what S3 returns ([`recording_proxy`]). Here: what they
 //! share (the runtime, the credentials a server accepts) and an SDK client.
 //!
 //! Servers run on one shared background runtime so tests stay plain `#[test]`
@@ -10,6 +11,7 @@
 pub mod fault_proxy;
 pub mod moto;
 pub mod pod_identity;
+pub mod recording_proxy;
 pub mod s3s_server;
 
 // Re-exported for the tests; a test binary that uses none of them is fine.
@@ -18,6 +20,7 @@ pub use {
     fault_proxy::{FaultProxy, Faults},
     moto::{Moto, aws_cli, venv},
     pod_identity::PodIdentityAgent,
+    recording_proxy::{Proxy, Seen},
     s3s_server::S3sFs,
 };
 

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::REGION;
-use crate::common::free_port;
+use crate::common::{free_port, wait_for};
 
 const MOTO: &str = "moto[server]==5.2.5";
 const MOTO_VERSION: &str = "5.2.5";
@@ -81,14 +81,9 @@ impl Moto {
             .spawn()
             .expect("start moto_server");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for("moto to listen", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(addr).ok()
+        });
         let mut moto = Moto {
             addr,
             access_key: String::new(),
