@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::backup::parse_delta;
+use super::read::{IdentityArgs, OutputFormat};
 use super::target::StorageArgs;
-use super::{IdentityArgs, OutputFormat};
-use crate::schedule;
+use super::values::{parse_delta, parse_wait};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -98,6 +97,6 @@ pub struct FleetArgs {
     pub listen: Option<SocketAddr>,
 
     /// How often the exporter (--listen) lists the destination again (at most 366d).
-    #[arg(long, env = "VCBACKUP_FLEET_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = schedule::parse_wait)]
+    #[arg(long, env = "VCBACKUP_FLEET_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = parse_wait)]
     pub refresh: Duration,
 }

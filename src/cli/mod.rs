@@ -1,12 +1,13 @@
 //! Command-line interface. Every option is also an environment variable
 //! `VCBACKUP_<NAME>`, since a Helm sidecar is configured through `env:`.
 //! Arguments are checked and turned into typed values (`resolve`) before
-//! anything runs.
+//! anything runs; the `value_parser`s are in `values`.
 
 mod backup;
 mod drill;
 mod read;
 mod target;
+mod values;
 
 pub use backup::*;
 pub use drill::{FleetArgs, VerifyArgs};

@@ -6,7 +6,8 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 
-use super::target::{StorageArgs, parse_time};
+use super::target::StorageArgs;
+use super::values::parse_time;
 use crate::catalog::Selector;
 use crate::pipeline::Identities;
 use crate::store::kine::IntegrityCheck;
