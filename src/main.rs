@@ -11,6 +11,7 @@ mod background;
 mod backup;
 mod catalog;
 mod cli;
+mod command;
 mod daemon;
 mod durable;
 mod error_chain;
@@ -41,7 +42,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use crate::cli::{Cli, Command, LogFormat, OutputFormat};
+use crate::cli::{Cli, Command, LogFormat};
+use crate::listing::OutputFormat;
 
 fn main() -> ExitCode {
     return_freed_buffers_to_the_os();
@@ -79,8 +81,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Decrypt(args) => decrypt(args).await,
         Command::Restore(args) => restore(args).await,
         Command::Export(args) => export(args).await,
-        Command::Verify(args) => verify::run(args).await,
-        Command::Fleet(args) => fleet::run(args).await,
+        Command::Verify(args) => command::verify::run(args.resolve().await?).await,
+        Command::Fleet(args) => command::fleet::run(args.resolve()?).await,
     }
 }
 

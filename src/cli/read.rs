@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use super::target::StorageArgs;
 use super::values::parse_time;
 use crate::catalog::Selector;
+use crate::listing::OutputFormat;
 use crate::pipeline::Identities;
 use crate::store::kine::IntegrityCheck;
 
@@ -20,12 +21,6 @@ pub struct ListArgs {
     /// Output format.
     #[arg(long, short, env = "VCBACKUP_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Json,
 }
 
 #[derive(Debug, Args)]
