@@ -13,6 +13,8 @@ use super::drill::{AfterUploadArgs, SkipArgs};
 use super::target::StorageArgs;
 use super::values::{parse_age, parse_interval, parse_schedule, parse_timezone, parse_wait};
 use crate::background::Priority;
+use crate::command::backup::BackupConfig;
+use crate::command::prune::PruneConfig;
 use crate::daemon::DaemonConfig;
 use crate::pipeline::{Compression, Recipients, Sealing};
 use crate::retention::RetentionPolicy;
@@ -314,6 +316,36 @@ impl RetentionArgs {
             max_age_days: self.retention_days,
             max_count: self.max_snapshots,
         }
+    }
+}
+
+impl BackupNowArgs {
+    /// The source and sealing checked, the storage opened (in that order).
+    pub async fn resolve(self) -> Result<BackupConfig> {
+        let source = self.backup.source()?;
+        let sealing = self.backup.sealing.resolve()?;
+        let (target, storage) = self.backup.storage.open().await?;
+        Ok(BackupConfig {
+            source,
+            sealing,
+            storage,
+            vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
+            vcluster: target.vcluster,
+            stale_upload_age: self.sweep.abort_uploads_after,
+        })
+    }
+}
+
+impl PruneArgs {
+    pub async fn resolve(self) -> Result<PruneConfig> {
+        let policy = self.retention.policy();
+        let (_, storage) = self.storage.open().await?;
+        Ok(PruneConfig {
+            storage,
+            policy,
+            stale_upload_age: self.retention.sweep.abort_uploads_after,
+            dry_run: self.dry_run,
+        })
     }
 }
 
