@@ -81,7 +81,7 @@ async fn run(command: Command) -> Result<()> {
         Command::List(args) => command::list::run(args.resolve().await?).await,
         Command::Prune(args) => command::prune::run(args.resolve().await?).await,
         Command::Decrypt(args) => command::decrypt::run(args.resolve()?).await,
-        Command::Restore(args) => command::restore::run(args.resolve()?).await,
+        Command::Restore(args) => command::restore::run(args.resolve().await?).await,
         Command::Export(args) => command::export::run(args.resolve().await?).await,
         Command::Verify(args) => command::verify::run(args.resolve().await?).await,
         Command::Fleet(args) => command::fleet::run(args.resolve()?).await,

@@ -12,11 +12,11 @@ use crate::catalog::Selector;
 use crate::command::decrypt::DecryptConfig;
 use crate::command::export::ExportConfig;
 use crate::command::list::ListConfig;
-use crate::command::restore::RestoreConfig;
+use crate::command::restore::{RestoreConfig, WriteConfig};
 use crate::export::{ExportOptions, Input, Output};
 use crate::listing::OutputFormat;
 use crate::pipeline::Identities;
-use crate::restore::{DecryptOptions, RestoreOptions};
+use crate::restore::{self, DecryptOptions, RestoreOptions};
 use crate::store::kine::IntegrityCheck;
 
 #[derive(Debug, Args)]
@@ -189,28 +189,41 @@ impl DecryptArgs {
 }
 
 impl RestoreArgs {
-    /// Everything checked; the storage is opened by the restore itself, once
-    /// it knows there is something to write.
-    pub fn resolve(self) -> Result<RestoreConfig> {
+    /// The backup asked for, the key, the target, --config-out, then the
+    /// storage opened: in this order, so that --if-missing with the target in
+    /// place needs no storage (an init container's every later start).
+    pub async fn resolve(self) -> Result<RestoreConfig> {
         let selector = Selector::new(Some(&self.backup), self.at)?;
         let identities = self.identity.load()?;
-        let target = self.storage.resolve()?;
-        Ok(RestoreConfig {
+        let options = RestoreOptions {
+            to: self.to,
+            force: self.force,
+            if_missing: self.if_missing,
+            bump_revision: self.bump_revision,
+            integrity_check: self.integrity_check,
+            base_only: self.base_only,
+        };
+        if !restore::may_write(&options)? {
+            return Ok(RestoreConfig::Keep { to: options.to });
+        }
+        if let Some(path) = &self.config_out
+            && path.exists()
+            && !self.force
+        {
+            bail!(
+                "write {}: the file exists; pass --force to replace it",
+                path.display()
+            );
+        }
+        let (_, storage) = self.storage.open().await?;
+        Ok(RestoreConfig::Write(WriteConfig {
             selector,
             identities,
-            options: RestoreOptions {
-                to: self.to,
-                force: self.force,
-                if_missing: self.if_missing,
-                bump_revision: self.bump_revision,
-                integrity_check: self.integrity_check,
-                base_only: self.base_only,
-            },
+            options,
             config_out: self.config_out,
             up_to_gap: self.up_to_gap,
-            destination: target.destination,
-            vcluster: target.vcluster,
-        })
+            storage,
+        }))
     }
 }
 
