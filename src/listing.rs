@@ -9,6 +9,13 @@ use crate::increment::{Chain, IncrementRef};
 use crate::manifest::{Manifest, rfc3339};
 use crate::records::{self, Kind, Record};
 
+/// How `list` and `fleet` print: a table for people, JSON for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
 /// The drill that speaks for a backup (`records::verdict`), as `list -o json` shows it.
 fn last_verify(records: &[Record], backup: &str) -> Value {
     match records::verdict(records, Some(backup)) {

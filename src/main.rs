@@ -11,6 +11,7 @@ mod background;
 mod backup;
 mod catalog;
 mod cli;
+mod command;
 mod daemon;
 mod durable;
 mod error_chain;
@@ -38,10 +39,10 @@ mod verify;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, LogFormat, OutputFormat};
+use crate::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     return_freed_buffers_to_the_os();
@@ -64,6 +65,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Each command's arguments resolved into its configuration, then its one
+/// function. `run` and `backup` set their priority first, for every thread
+/// they start.
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => {
@@ -72,182 +76,16 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Backup(args) => {
             background::set(args.backup.priority);
-            backup_now(args).await
+            command::backup::run(args.resolve().await?).await
         }
-        Command::List(args) => list(args).await,
-        Command::Prune(args) => prune(args).await,
-        Command::Decrypt(args) => decrypt(args).await,
-        Command::Restore(args) => restore(args).await,
-        Command::Export(args) => export(args).await,
-        Command::Verify(args) => verify::run(args).await,
-        Command::Fleet(args) => fleet::run(args).await,
+        Command::List(args) => command::list::run(args.resolve().await?).await,
+        Command::Prune(args) => command::prune::run(args.resolve().await?).await,
+        Command::Decrypt(args) => command::decrypt::run(args.resolve()?).await,
+        Command::Restore(args) => command::restore::run(args.resolve().await?).await,
+        Command::Export(args) => command::export::run(args.resolve().await?).await,
+        Command::Verify(args) => command::verify::run(args.resolve().await?).await,
+        Command::Fleet(args) => command::fleet::run(args.resolve()?).await,
     }
-}
-
-/// `backup`: one backup, its name on standard output, then the sweep of what
-/// killed agents left.
-async fn backup_now(args: cli::BackupNowArgs) -> Result<()> {
-    let source = args.backup.source()?;
-    let sealing = args.backup.sealing.resolve()?;
-    let (target, storage) = args.backup.storage.open().await?;
-    let vcluster_config = args.backup.vcluster_config.source(&target.vcluster);
-    let source = tokio::task::spawn_blocking(move || source.open()).await??;
-    let manifest = backup::take_backup(
-        source,
-        sealing,
-        storage.as_ref(),
-        &target.vcluster,
-        &vcluster_config,
-    )
-    .await?;
-    println!("{}", manifest.name);
-    // The backup is stored; a failed clean-up of others' leftovers only warns.
-    let cutoff = chrono::Utc::now() - args.sweep.abort_uploads_after.delta;
-    if let Err(err) = storage.abort_stale_uploads(cutoff).await {
-        tracing::warn!("sweeping unfinished uploads: {err:#}");
-    }
-    Ok(())
-}
-
-async fn list(args: cli::ListArgs) -> Result<()> {
-    let (_, storage) = args.storage.open().await?;
-    let catalog = catalog::read(storage.as_ref()).await?;
-    let records = catalog::checked_records(storage.as_ref(), catalog.records).await?;
-    let (backups, records, increments) = (&catalog.backups, &records, &catalog.increments);
-    match args.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&listing::json(backups, records, increments))?
-        ),
-        OutputFormat::Table => print!(
-            "{}",
-            listing::table(backups, records, increments, chrono::Utc::now())
-        ),
-    }
-    Ok(())
-}
-
-/// `prune`: retention now, its plan on standard output, then the sweep.
-async fn prune(args: cli::PruneArgs) -> Result<()> {
-    let policy = args.retention.policy();
-    let (_, storage) = args.storage.open().await?;
-    let now = chrono::Utc::now();
-    let plan = retention::prune(storage.as_ref(), &policy, now, args.dry_run).await?;
-    let verb = if args.dry_run {
-        "would delete"
-    } else {
-        "deleted"
-    };
-    for (backup, reason) in &plan.delete {
-        println!("{verb} {} ({reason})", backup.name);
-    }
-    for backup in &plan.keep {
-        println!("keep {}", backup.name);
-    }
-    if !args.dry_run {
-        let age = &args.retention.sweep.abort_uploads_after;
-        let aborted = storage.abort_stale_uploads(now - age.delta).await?;
-        if aborted > 0 {
-            println!("aborted {aborted} unfinished upload(s) older than {age}");
-        }
-    }
-    Ok(())
-}
-
-async fn decrypt(args: cli::DecryptArgs) -> Result<()> {
-    let identities = args.identity.load()?;
-    let dash = |p: Option<std::path::PathBuf>| p.filter(|p| p.as_os_str() != "-");
-    let options = restore::DecryptOptions {
-        input: dash(args.input),
-        output: dash(args.output),
-        force: args.force,
-    };
-    tokio::task::spawn_blocking(move || restore::decrypt(identities, &options)).await?
-}
-
-async fn restore(args: cli::RestoreArgs) -> Result<()> {
-    let selector = args.selector()?;
-    let identities = args.identity.load()?;
-    let options = restore::RestoreOptions {
-        to: args.to,
-        force: args.force,
-        if_missing: args.if_missing,
-        bump_revision: args.bump_revision,
-        integrity_check: args.integrity_check,
-        base_only: args.base_only,
-    };
-    if !restore::may_write(&options)? {
-        eprintln!(
-            "{} exists; nothing restored (--if-missing)",
-            options.to.display()
-        );
-        return Ok(());
-    }
-    if let Some(path) = &args.config_out
-        && path.exists()
-        && !args.force
-    {
-        anyhow::bail!(
-            "write {}: the file exists; pass --force to replace it",
-            path.display()
-        );
-    }
-    let (_, storage) = args.storage.open().await?;
-    let catalog = catalog::read(storage.as_ref()).await?;
-    let chain = catalog::select_chain(&catalog, &selector, &storage.location(), args.up_to_gap)?;
-    let config = match &args.config_out {
-        Some(path) => Some(
-            vconfig::fetch_saved(storage.as_ref(), &chain.base, identities.as_ref(), path).await?,
-        ),
-        None => None,
-    };
-    let chain = restore::restore(storage.as_ref(), chain, identities, &options).await?;
-    eprintln!("restored {} to {}", chain.describe(), options.to.display());
-    if let Some(gap) = chain.gap() {
-        eprintln!(
-            "warning: {gap}; restored up to revision {} (--up-to-gap)",
-            chain.revision().unwrap_or(0)
-        );
-    }
-    if let (Some(path), Some(yaml)) = (&args.config_out, config) {
-        vconfig::write_config(path, &yaml, args.force)?;
-        eprintln!(
-            "wrote the vCluster config of {} to {}",
-            chain.base.name,
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// `export`: vCluster's snapshot archive from one backup, to a file or S3.
-async fn export(args: cli::ExportArgs) -> Result<()> {
-    let output = args.output()?;
-    let identities = args.identity.load()?;
-    let input = match args.stored()? {
-        Some((storage, selector)) => export::Input::Stored {
-            storage: storage.open().await?.1,
-            selector,
-            up_to_gap: args.up_to_gap,
-        },
-        None => export::Input::File(args.input.clone().context("no --input")?),
-    };
-    let shown = output.to_string();
-    let options = export::ExportOptions {
-        output,
-        force: args.force,
-    };
-    let exported = export::export(input, identities, options).await?;
-    let release = if exported.release {
-        "with its release entry"
-    } else {
-        "without a release entry"
-    };
-    eprintln!(
-        "exported {} keys of {} to {shown} {release}; the archive is not encrypted",
-        exported.keys, exported.backup
-    );
-    Ok(())
 }
 
 fn init_logging(format: LogFormat, filter: &str) {

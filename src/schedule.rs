@@ -361,6 +361,29 @@ pub fn ago(now: DateTime<Utc>, age: TimeDelta) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// An age to subtract from the wall clock (`--abort-uploads-after`), shown as
+/// the operator wrote it.
+#[derive(Debug, Clone)]
+pub struct Age {
+    pub delta: TimeDelta,
+    text: String,
+}
+
+impl Age {
+    pub fn new(delta: TimeDelta, text: &str) -> Age {
+        Age {
+            delta,
+            text: text.trim().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Age {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// `slot` delayed by a [`jitter`] up to `bound`; `slot` itself should the
 /// delay reach past the end of time (a bound the command line would refuse).
 pub fn jittered(slot: DateTime<Utc>, bound: Duration) -> DateTime<Utc> {

@@ -5,17 +5,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use chrono_tz::Tz;
 use clap::Args;
 
 use super::drill::{AfterUploadArgs, SkipArgs};
 use super::target::StorageArgs;
+use super::values::{parse_age, parse_interval, parse_schedule, parse_timezone, parse_wait};
 use crate::background::Priority;
+use crate::command::backup::BackupConfig;
+use crate::command::prune::PruneConfig;
 use crate::daemon::DaemonConfig;
 use crate::pipeline::{Compression, Recipients, Sealing};
 use crate::retention::RetentionPolicy;
-use crate::schedule::{self, Schedule};
+use crate::schedule::{Age, Schedule};
 use crate::store::etcd::{EtcdOptions, EtcdTls};
 use crate::store::{HaMode, SourceConfig, SourceSpec};
 
@@ -119,7 +122,7 @@ pub struct SourceArgs {
         env = "VCBACKUP_WAIT_FOR_CERTS",
         value_name = "DURATION",
         default_value = "120s",
-        value_parser = schedule::parse_wait
+        value_parser = parse_wait
     )]
     pub wait_for_certs: Duration,
 }
@@ -159,16 +162,16 @@ pub struct RunArgs {
 
     /// When to back up: 5-field cron (`0 */12 * * *`), `@hourly`, `@daily`, `@weekly`, or
     /// `@every 15m` (at most `@every 366d`).
-    #[arg(long, env = "VCBACKUP_SCHEDULE", default_value = "@hourly", value_parser = Schedule::parse)]
+    #[arg(long, env = "VCBACKUP_SCHEDULE", default_value = "@hourly", value_parser = parse_schedule)]
     pub schedule: Schedule,
 
     /// The IANA time zone the schedule is read in (e.g. `Europe/Berlin`).
-    #[arg(long, env = "VCBACKUP_TIMEZONE", default_value = "UTC", value_parser = schedule::parse_timezone)]
+    #[arg(long, env = "VCBACKUP_TIMEZONE", default_value = "UTC", value_parser = parse_timezone)]
     pub timezone: Tz,
 
     /// Delay each run by a random amount up to this (e.g. `5m`), so many virtual clusters on
     /// one schedule do not hit storage at the same second. At most 366d.
-    #[arg(long, env = "VCBACKUP_JITTER", default_value = "0s", value_name = "DURATION", value_parser = schedule::parse_wait)]
+    #[arg(long, env = "VCBACKUP_JITTER", default_value = "0s", value_name = "DURATION", value_parser = parse_wait)]
     pub jitter: Duration,
 
     /// Do not take a backup at start when the newest one is older than one schedule interval.
@@ -202,7 +205,7 @@ pub struct RunArgs {
 
     /// After SIGTERM, how long a running backup may take to finish before it is aborted
     /// (the vCluster chart grants the pod 10s). At most 366d.
-    #[arg(long, env = "VCBACKUP_SHUTDOWN_TIMEOUT", default_value = "8s", value_name = "DURATION", value_parser = schedule::parse_wait)]
+    #[arg(long, env = "VCBACKUP_SHUTDOWN_TIMEOUT", default_value = "8s", value_name = "DURATION", value_parser = parse_wait)]
     pub shutdown_timeout: Duration,
 
     /// Take a final backup on SIGTERM, within --shutdown-timeout (sleep mode scales the pod to zero).
@@ -316,41 +319,34 @@ impl RetentionArgs {
     }
 }
 
-/// A duration to subtract from the wall clock, shown as the operator wrote it.
-#[derive(Debug, Clone)]
-pub struct Age {
-    pub delta: chrono::TimeDelta,
-    text: String,
-}
-
-impl std::fmt::Display for Age {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
+impl BackupNowArgs {
+    /// The source and sealing checked, the storage opened (in that order).
+    pub async fn resolve(self) -> Result<BackupConfig> {
+        let source = self.backup.source()?;
+        let sealing = self.backup.sealing.resolve()?;
+        let (target, storage) = self.backup.storage.open().await?;
+        Ok(BackupConfig {
+            source,
+            sealing,
+            storage,
+            vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
+            vcluster: target.vcluster,
+            stale_upload_age: self.sweep.abort_uploads_after,
+        })
     }
 }
 
-/// A duration as an age to subtract from the wall clock: at most
-/// [`schedule::MAX_AGE`], so that `now - age` is always a time.
-pub(super) fn parse_delta(text: &str) -> Result<chrono::TimeDelta> {
-    let age = schedule::parse_bounded(text, schedule::MAX_AGE)?;
-    chrono::TimeDelta::from_std(age).with_context(|| format!("{text:?} is too long"))
-}
-
-/// `--incremental-interval`: at least a second, so the agent never busy-polls,
-/// and at most [`schedule::MAX_WAIT`].
-fn parse_interval(text: &str) -> Result<Duration> {
-    let interval = schedule::parse_wait(text)?;
-    if interval < Duration::from_secs(1) {
-        anyhow::bail!("{text:?} is shorter than 1s");
+impl PruneArgs {
+    pub async fn resolve(self) -> Result<PruneConfig> {
+        let policy = self.retention.policy();
+        let (_, storage) = self.storage.open().await?;
+        Ok(PruneConfig {
+            storage,
+            policy,
+            stale_upload_age: self.retention.sweep.abort_uploads_after,
+            dry_run: self.dry_run,
+        })
     }
-    Ok(interval)
-}
-
-fn parse_age(text: &str) -> Result<Age> {
-    Ok(Age {
-        delta: parse_delta(text)?,
-        text: text.trim().to_string(),
-    })
 }
 
 impl RunArgs {

@@ -6,12 +6,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
 use clap::Args;
 
-use super::backup::parse_delta;
+use super::read::IdentityArgs;
 use super::target::StorageArgs;
-use super::{IdentityArgs, OutputFormat};
-use crate::schedule;
+use super::values::{parse_delta, parse_wait};
+use crate::catalog::Selector;
+use crate::command::fleet::FleetConfig;
+use crate::command::verify::VerifyConfig;
+use crate::fleet::Limits;
+use crate::listing::OutputFormat;
+use crate::storage::{Destination, Storage};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -98,6 +106,49 @@ pub struct FleetArgs {
     pub listen: Option<SocketAddr>,
 
     /// How often the exporter (--listen) lists the destination again (at most 366d).
-    #[arg(long, env = "VCBACKUP_FLEET_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = schedule::parse_wait)]
+    #[arg(long, env = "VCBACKUP_FLEET_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = parse_wait)]
     pub refresh: Duration,
+}
+
+impl VerifyArgs {
+    /// The key, the selector and every storage drilled, opened.
+    pub async fn resolve(self) -> Result<VerifyConfig> {
+        let identities = self.identity.load()?.map(Arc::new);
+        let scratch = self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let selector = Selector::new(Some(&self.backup), None)?;
+        let clusters: Vec<(String, Box<dyn Storage>)> = if self.all_vclusters {
+            let destination = Destination::parse(&self.storage.destination)?;
+            let all = destination.open_all().await?;
+            if all.is_empty() {
+                bail!("verify: no virtual cluster has backups under {destination}");
+            }
+            all
+        } else {
+            let (target, storage) = self.storage.open().await?;
+            vec![(target.vcluster, storage)]
+        };
+        Ok(VerifyConfig {
+            clusters,
+            selector,
+            all: self.all,
+            identities,
+            scratch,
+        })
+    }
+}
+
+impl FleetArgs {
+    pub fn resolve(self) -> Result<FleetConfig> {
+        Ok(FleetConfig {
+            destination: Destination::parse(&self.destination)?,
+            limits: Limits {
+                max_age: self.max_age,
+                max_verify_age: self.max_verify_age,
+            },
+            output: self.output,
+            verbose: self.verbose,
+            listen: self.listen,
+            refresh: self.refresh,
+        })
+    }
 }

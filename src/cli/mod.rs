@@ -1,12 +1,14 @@
 //! Command-line interface. Every option is also an environment variable
 //! `VCBACKUP_<NAME>`, since a Helm sidecar is configured through `env:`.
-//! Arguments are checked and turned into typed values (`resolve`) before
-//! anything runs.
+//! Arguments are checked and turned into typed values (`resolve`: each
+//! command's configuration, its storage opened) before anything runs; the
+//! `value_parser`s are in `values`.
 
 mod backup;
 mod drill;
 mod read;
 mod target;
+mod values;
 
 pub use backup::*;
 pub use drill::{FleetArgs, VerifyArgs};

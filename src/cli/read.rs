@@ -4,11 +4,19 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use super::target::{StorageArgs, parse_time};
+use super::target::StorageArgs;
+use super::values::parse_time;
 use crate::catalog::Selector;
+use crate::command::decrypt::DecryptConfig;
+use crate::command::export::ExportConfig;
+use crate::command::list::ListConfig;
+use crate::command::restore::{RestoreConfig, WriteConfig};
+use crate::export::{ExportOptions, Input, Output};
+use crate::listing::OutputFormat;
 use crate::pipeline::Identities;
+use crate::restore::{self, DecryptOptions, RestoreOptions};
 use crate::store::kine::IntegrityCheck;
 
 #[derive(Debug, Args)]
@@ -19,12 +27,6 @@ pub struct ListArgs {
     /// Output format.
     #[arg(long, short, env = "VCBACKUP_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Json,
 }
 
 #[derive(Debug, Args)]
@@ -161,10 +163,95 @@ pub struct ExportArgs {
     pub identity: IdentityArgs,
 }
 
+impl ListArgs {
+    pub async fn resolve(self) -> Result<ListConfig> {
+        let (_, storage) = self.storage.open().await?;
+        Ok(ListConfig {
+            storage,
+            output: self.output,
+        })
+    }
+}
+
+impl DecryptArgs {
+    pub fn resolve(self) -> Result<DecryptConfig> {
+        let identities = self.identity.load()?;
+        let dash = |p: Option<PathBuf>| p.filter(|p| p.as_os_str() != "-");
+        Ok(DecryptConfig {
+            identities,
+            options: DecryptOptions {
+                input: dash(self.input),
+                output: dash(self.output),
+                force: self.force,
+            },
+        })
+    }
+}
+
+impl RestoreArgs {
+    /// The backup asked for, the key, the target, --config-out, then the
+    /// storage opened: in this order, so that --if-missing with the target in
+    /// place needs no storage (an init container's every later start).
+    pub async fn resolve(self) -> Result<RestoreConfig> {
+        let selector = Selector::new(Some(&self.backup), self.at)?;
+        let identities = self.identity.load()?;
+        let options = RestoreOptions {
+            to: self.to,
+            force: self.force,
+            if_missing: self.if_missing,
+            bump_revision: self.bump_revision,
+            integrity_check: self.integrity_check,
+            base_only: self.base_only,
+        };
+        if !restore::may_write(&options)? {
+            return Ok(RestoreConfig::Keep { to: options.to });
+        }
+        if let Some(path) = &self.config_out
+            && path.exists()
+            && !self.force
+        {
+            bail!(
+                "write {}: the file exists; pass --force to replace it",
+                path.display()
+            );
+        }
+        let (_, storage) = self.storage.open().await?;
+        Ok(RestoreConfig::Write(WriteConfig {
+            selector,
+            identities,
+            options,
+            config_out: self.config_out,
+            up_to_gap: self.up_to_gap,
+            storage,
+        }))
+    }
+}
+
 impl ExportArgs {
+    /// The output, the key, and the backup: a file, or one in storage, opened.
+    pub async fn resolve(self) -> Result<ExportConfig> {
+        let output = self.output()?;
+        let identities = self.identity.load()?;
+        let input = match self.stored()? {
+            Some((storage, selector)) => Input::Stored {
+                storage: storage.open().await?.1,
+                selector,
+                up_to_gap: self.up_to_gap,
+            },
+            None => Input::File(self.input.clone().context("no --input")?),
+        };
+        Ok(ExportConfig {
+            input,
+            identities,
+            options: ExportOptions {
+                output,
+                force: self.force,
+            },
+        })
+    }
+
     /// Where the archive goes: exactly one of -o and --to.
-    pub fn output(&self) -> Result<crate::export::Output> {
-        use crate::export::Output;
+    fn output(&self) -> Result<Output> {
         match (&self.output, &self.to) {
             (Some(_), Some(_)) => bail!("give either -o FILE or --to s3://…, not both"),
             (None, None) => bail!(
@@ -177,7 +264,7 @@ impl ExportArgs {
     }
 
     /// The backup to export, in storage (`None`: the file given by --input).
-    pub fn stored(&self) -> Result<Option<(StorageArgs, Selector)>> {
+    fn stored(&self) -> Result<Option<(StorageArgs, Selector)>> {
         if let Some(input) = &self.input {
             if self.backup.is_some() || self.at.is_some() {
                 bail!(
@@ -195,7 +282,6 @@ impl ExportArgs {
             name: self.name.clone(),
         };
         let selector = Selector::new(Some(self.backup.as_deref().unwrap_or("latest")), self.at)?;
-        storage.resolve()?;
         Ok(Some((storage, selector)))
     }
 }
@@ -203,11 +289,5 @@ impl ExportArgs {
 impl IdentityArgs {
     pub fn load(&self) -> Result<Option<Identities>> {
         self.identity.as_deref().map(Identities::load).transpose()
-    }
-}
-
-impl RestoreArgs {
-    pub fn selector(&self) -> Result<Selector> {
-        Selector::new(Some(&self.backup), self.at)
     }
 }

@@ -1,7 +1,6 @@
 //! Where backups of one virtual cluster live: `--destination` and `--name`.
 
 use anyhow::{Context, Result, bail};
-use chrono::{DateTime, Utc};
 use clap::Args;
 
 use crate::storage::{Destination, Storage};
@@ -53,14 +52,6 @@ impl StorageArgs {
             vcluster,
         })
     }
-}
-
-pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .with_context(|| {
-            format!("invalid time {text:?}: expected RFC 3339, e.g. 2026-11-20T08:00:00Z")
-        })
 }
 
 /// `VCLUSTER_NAME` (the release name, which the helm-values files set), else the

@@ -5,18 +5,17 @@
 //! (`records`). No object is read, so the cost does not grow with the
 //! number of backups, and a cluster whose sidecar is gone shows up all the same.
 
-mod exporter;
+pub mod exporter;
 
 use std::collections::HashSet;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use bytesize::ByteSize;
 use chrono::{DateTime, TimeDelta, Utc};
 use comfy_table::{Table, presets};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
-use crate::cli::{FleetArgs, OutputFormat};
 use crate::increment::IncrementRef;
 use crate::listing::age;
 use crate::manifest::{MANIFEST_SUFFIX, parse_backup_name, rfc3339};
@@ -221,47 +220,6 @@ pub fn summarize(
         status,
         reason,
     }
-}
-
-pub async fn run(args: FleetArgs) -> Result<()> {
-    let destination = Destination::parse(&args.destination)?;
-    let limits = Limits {
-        max_age: args.max_age,
-        max_verify_age: args.max_verify_age,
-    };
-    if let Some(listen) = args.listen {
-        return exporter::serve(destination, limits, listen, args.refresh).await;
-    }
-    let survey = survey(&destination, limits).await?;
-    let now = Utc::now();
-    match args.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json(&survey.clusters, now))?
-        ),
-        OutputFormat::Table => print!("{}", table(&survey.clusters, now)),
-    }
-    if args.verbose {
-        eprintln!(
-            "requests: {} delimiter LIST for the cluster names, {} LIST (one per cluster), 0 GET",
-            survey.delimiter_lists, survey.lists
-        );
-    }
-    let attention: Vec<String> = survey
-        .clusters
-        .iter()
-        .filter(|c| matches!(c.status, Status::Stale | Status::Failed))
-        .map(|c| format!("{} ({}: {})", c.name, c.status.as_str(), c.reason))
-        .collect();
-    if !attention.is_empty() {
-        bail!(
-            "fleet {destination}: {} of {} virtual clusters stale or failed: {}",
-            attention.len(),
-            survey.clusters.len(),
-            attention.join(", ")
-        );
-    }
-    Ok(())
 }
 
 pub fn json(clusters: &[Cluster], now: DateTime<Utc>) -> Value {

@@ -8,9 +8,6 @@
 
 pub mod chain;
 mod checks;
-mod command;
-
-pub use command::run;
 
 use std::path::Path;
 use std::sync::Arc;

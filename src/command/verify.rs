@@ -2,32 +2,35 @@
 //! each, a line per drill on standard output, and an error naming the first
 //! failed check and its backup.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
 
 use crate::catalog::{self, Selector};
-use crate::cli::VerifyArgs;
 use crate::pipeline::Identities;
 use crate::records::Mode;
-use crate::storage::{Destination, Storage};
+use crate::storage::Storage;
+use crate::verify;
 
-pub async fn run(args: VerifyArgs) -> Result<()> {
-    let identities = args.identity.load()?.map(Arc::new);
-    let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let selector = Selector::new(Some(&args.backup), None)?;
-    let clusters: Vec<(String, Box<dyn Storage>)> = if args.all_vclusters {
-        let destination = Destination::parse(&args.storage.destination)?;
-        let all = destination.open_all().await?;
-        if all.is_empty() {
-            bail!("verify: no virtual cluster has backups under {destination}");
-        }
-        all
-    } else {
-        let (target, storage) = args.storage.open().await?;
-        vec![(target.vcluster, storage)]
-    };
+pub struct VerifyConfig {
+    /// The virtual clusters drilled, each with its storage open.
+    pub clusters: Vec<(String, Box<dyn Storage>)>,
+    pub selector: Selector,
+    /// Every backup (`--all`), not only the one selected.
+    pub all: bool,
+    pub identities: Option<Arc<Identities>>,
+    pub scratch: PathBuf,
+}
+
+pub async fn run(config: VerifyConfig) -> Result<()> {
+    let VerifyConfig {
+        clusters,
+        selector,
+        all,
+        identities,
+        scratch,
+    } = config;
     if identities.is_none() {
         eprintln!(
             "no --identity: encrypted backups get the key-less checks only (stored bytes, format)"
@@ -40,7 +43,7 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
             identities: identities.clone(),
             scratch: &scratch,
         };
-        if let Err(err) = drills.run(&selector, args.all, &mut failures).await {
+        if let Err(err) = drills.run(&selector, all, &mut failures).await {
             let line = format!("{vcluster}: {err:#}").replace('\n', " ");
             println!("FAILED  {line}");
             failures.push(line);
@@ -83,7 +86,7 @@ impl Drills<'_> {
             } else {
                 Mode::Keyless
             };
-            let mut report = super::drill(
+            let mut report = verify::drill(
                 self.storage,
                 manifest,
                 mode,
@@ -95,7 +98,7 @@ impl Drills<'_> {
             let chain = crate::increment::Chain::assemble(manifest, &catalog.increments, None);
             let encrypted = manifest.encryption.is_some();
             let chain =
-                super::chain::check(self.storage, &chain, self.identities.clone(), encrypted)
+                verify::chain::check(self.storage, &chain, self.identities.clone(), encrypted)
                     .await?;
             if let Some(chain) = &chain {
                 report.add(chain.check.clone());
@@ -110,7 +113,7 @@ impl Drills<'_> {
                     manifest.name, check.name, check.detail
                 ));
             }
-            super::store(self.storage, &report, &catalog.records).await?;
+            verify::store(self.storage, &report, &catalog.records).await?;
         }
         Ok(())
     }
