@@ -38,6 +38,22 @@ pub struct Finding {
     pub verdict: std::result::Result<String, String>,
 }
 
+impl Finding {
+    pub fn pass(name: &'static str, detail: impl Into<String>) -> Finding {
+        Finding {
+            name,
+            verdict: Ok(detail.into()),
+        }
+    }
+
+    pub fn fail(name: &'static str, detail: impl Into<String>) -> Finding {
+        Finding {
+            name,
+            verdict: Err(detail.into()),
+        }
+    }
+}
+
 /// A backing store that can write one consistent snapshot of itself.
 pub trait Source: Send {
     fn kind(&self) -> SourceKind;

@@ -52,20 +52,6 @@ fn finding(name: &'static str, verdict: Result<String>) -> Finding {
     }
 }
 
-fn pass(name: &'static str, detail: impl Into<String>) -> Finding {
-    Finding {
-        name,
-        verdict: Ok(detail.into()),
-    }
-}
-
-fn fail(name: &'static str, detail: impl Into<String>) -> Finding {
-    Finding {
-        name,
-        verdict: Err(detail.into()),
-    }
-}
-
 /// Step 4: etcd's digest, the bbolt tree, the revision.
 pub fn check(path: &Path, recorded: Option<i64>, stream: StreamVerdict) -> Vec<Finding> {
     let StreamVerdict { digest, revision } = stream;
@@ -76,19 +62,19 @@ pub fn check(path: &Path, recorded: Option<i64>, stream: StreamVerdict) -> Vec<F
     ));
     checks.push(finding("bbolt-walk", walk(path)));
     checks.push(match (revision, recorded) {
-        (Ok(found), Some(recorded)) if found == recorded => pass(
+        (Ok(found), Some(recorded)) if found == recorded => Finding::pass(
             "etcd-revision",
             format!("revision {recorded} as in the manifest"),
         ),
-        (Ok(found), Some(recorded)) => fail(
+        (Ok(found), Some(recorded)) => Finding::fail(
             "etcd-revision",
             format!("the snapshot is at revision {found}, the manifest records {recorded}"),
         ),
-        (Ok(found), None) => pass(
+        (Ok(found), None) => Finding::pass(
             "etcd-revision",
             format!("revision {found}; the manifest records none"),
         ),
-        (Err(why), _) => fail("etcd-revision", why),
+        (Err(why), _) => Finding::fail("etcd-revision", why),
     });
     checks
 }

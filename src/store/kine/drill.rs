@@ -9,27 +9,13 @@ use rusqlite::{Connection, OpenFlags};
 use super::{has_kine_table, kine_revision};
 use crate::store::Finding;
 
-fn pass(name: &'static str, detail: impl Into<String>) -> Finding {
-    Finding {
-        name,
-        verdict: Ok(detail.into()),
-    }
-}
-
-fn fail(name: &'static str, detail: impl Into<String>) -> Finding {
-    Finding {
-        name,
-        verdict: Err(detail.into()),
-    }
-}
-
 /// Step 3 of a drill: SQLite's integrity check and kine's shape.
 pub fn check(path: &Path, recorded: Option<i64>) -> Vec<Finding> {
     let mut checks = Vec::new();
     let conn = match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
         Ok(conn) => conn,
         Err(err) => {
-            checks.push(fail(
+            checks.push(Finding::fail(
                 "sqlite-integrity",
                 format!("open the database: {err}"),
             ));
@@ -41,39 +27,44 @@ pub fn check(path: &Path, recorded: Option<i64>) -> Vec<Finding> {
             .collect::<rusqlite::Result<Vec<_>>>()
     });
     checks.push(match integrity {
-        Ok(rows) if rows == ["ok"] => pass("sqlite-integrity", "PRAGMA integrity_check: ok"),
-        Ok(rows) => fail("sqlite-integrity", rows.join("; ")),
-        Err(err) => fail("sqlite-integrity", err.to_string()),
+        Ok(rows) if rows == ["ok"] => {
+            Finding::pass("sqlite-integrity", "PRAGMA integrity_check: ok")
+        }
+        Ok(rows) => Finding::fail("sqlite-integrity", rows.join("; ")),
+        Err(err) => Finding::fail("sqlite-integrity", err.to_string()),
     });
     match has_kine_table(&conn) {
-        Ok(true) => checks.push(pass("kine-table", "table kine present")),
+        Ok(true) => checks.push(Finding::pass("kine-table", "table kine present")),
         Ok(false) => {
-            checks.push(fail("kine-table", "no table kine: not kine's database"));
+            checks.push(Finding::fail(
+                "kine-table",
+                "no table kine: not kine's database",
+            ));
             return checks;
         }
         Err(err) => {
-            checks.push(fail("kine-table", err.to_string()));
+            checks.push(Finding::fail("kine-table", err.to_string()));
             return checks;
         }
     }
     // As a backup records it: rows compacted away at the top still count.
     let revision = kine_revision(&conn);
     checks.push(match (revision, recorded) {
-        (Ok(found), Some(recorded)) if found == recorded => pass(
+        (Ok(found), Some(recorded)) if found == recorded => Finding::pass(
             "kine-revision",
             format!("revision {recorded} as in the manifest"),
         ),
-        (Ok(found), Some(recorded)) => fail(
+        (Ok(found), Some(recorded)) => Finding::fail(
             "kine-revision",
             format!(
                 "the revision (the higher of max(id) and sqlite_sequence) is {found}, the manifest records {recorded}"
             ),
         ),
-        (Ok(found), None) => pass(
+        (Ok(found), None) => Finding::pass(
             "kine-revision",
             format!("revision {found}; the manifest records none"),
         ),
-        (Err(err), _) => fail("kine-revision", err.to_string()),
+        (Err(err), _) => Finding::fail("kine-revision", err.to_string()),
     });
     // An index range on kine's name index, not a scan.
     let registry: rusqlite::Result<i64> = conn.query_row(
@@ -82,12 +73,12 @@ pub fn check(path: &Path, recorded: Option<i64>) -> Vec<Finding> {
         |row| row.get(0),
     );
     checks.push(match registry {
-        Ok(1) => pass("kine-registry-keys", "at least one /registry/ key"),
-        Ok(_) => fail(
+        Ok(1) => Finding::pass("kine-registry-keys", "at least one /registry/ key"),
+        Ok(_) => Finding::fail(
             "kine-registry-keys",
             "no /registry/ key: the store holds no Kubernetes object",
         ),
-        Err(err) => fail("kine-registry-keys", err.to_string()),
+        Err(err) => Finding::fail("kine-registry-keys", err.to_string()),
     });
     checks
 }
