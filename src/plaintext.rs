@@ -18,7 +18,8 @@ use tempfile::NamedTempFile;
 use tokio_util::io::SyncIoBridge;
 
 use crate::increment::{Chain, IncrementManifest, IncrementRef, apply};
-use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind, manifest_key};
+use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind};
+use crate::object::manifest_key;
 use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, unseal};
 use crate::storage::Storage;
 use crate::store::etcd::Changes;
@@ -35,8 +36,8 @@ pub struct Recorded {
 impl From<&Manifest> for Recorded {
     fn from(manifest: &Manifest) -> Self {
         Recorded {
-            stored: manifest.stored_fingerprint(),
-            plaintext: manifest.plaintext_fingerprint(),
+            stored: manifest.sealed.stored_fingerprint(),
+            plaintext: manifest.sealed.plaintext_fingerprint(),
         }
     }
 }
@@ -44,8 +45,8 @@ impl From<&Manifest> for Recorded {
 impl From<&IncrementManifest> for Recorded {
     fn from(manifest: &IncrementManifest) -> Self {
         Recorded {
-            stored: manifest.stored_fingerprint(),
-            plaintext: manifest.plaintext_fingerprint(),
+            stored: manifest.sealed.stored_fingerprint(),
+            plaintext: manifest.sealed.plaintext_fingerprint(),
         }
     }
 }
@@ -108,7 +109,11 @@ impl Decode<'_> {
         }
         let plaintext = decoded?;
         if let Some(recorded) = self.recorded {
-            check_plaintext(&plaintext.fingerprint, &recorded.plaintext, self.what)?;
+            plaintext.fingerprint.check_recorded(
+                &recorded.plaintext,
+                self.what,
+                "the restored data",
+            )?;
         }
         Ok(plaintext)
     }
@@ -184,20 +189,6 @@ impl<R: Read> Read for Stored<R> {
             Stored::Unchecked(input) => input.read(buf),
         }
     }
-}
-
-/// `verify WHAT: the restored data … does not match its manifest`.
-fn check_plaintext(actual: &Fingerprint, recorded: &Fingerprint, what: &str) -> Result<()> {
-    if actual.sha256 != recorded.sha256 || actual.size != recorded.size {
-        bail!(
-            "verify {what}: the restored data (SHA-256 {}, {} bytes) does not match its manifest (SHA-256 {}, {} bytes); nothing was replaced",
-            actual.sha256,
-            actual.size,
-            recorded.sha256,
-            recorded.size
-        );
-    }
-    Ok(())
 }
 
 /// The manifest found beside a downloaded file.
