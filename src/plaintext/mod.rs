@@ -9,21 +9,21 @@
 //! store a backup holds is the manifest's to say: the file's first bytes are
 //! read only for a downloaded file that came without its manifest.
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tempfile::NamedTempFile;
-use tokio_util::io::SyncIoBridge;
 
-use crate::increment::{Chain, IncrementManifest, IncrementRef, apply};
+mod chain;
+mod write;
+
+pub use chain::chain;
+
+use crate::increment::{IncrementManifest, IncrementRef};
 use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, SourceKind};
 use crate::object::manifest_key;
-use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, unseal};
-use crate::storage::Storage;
-use crate::store::etcd::Changes;
-use crate::store::kine::KineApply;
+use crate::pipeline::{CheckStored, Fingerprint, Identities, unseal};
 
 /// What a manifest records of an object: what its bytes, stored and
 /// decoded, must match.
@@ -158,9 +158,9 @@ impl Decode<'_> {
         let decoded = match unseal(&mut input, self.identities, what) {
             Ok(plaintext) => {
                 let size = self.recorded.map(|r| r.plaintext.size);
-                let progress = progress_bar(self.progress, size);
+                let progress = write::progress_bar(self.progress, size);
                 let plaintext = progress.wrap_read(plaintext);
-                let decoded = write_out(plaintext, place, observe, what);
+                let decoded = write::write_out(plaintext, place, observe, what);
                 progress.finish_and_clear();
                 decoded
             }
@@ -233,90 +233,6 @@ pub fn manifest_beside(path: &Path) -> Result<Option<Beside>> {
     }))
 }
 
-/// A chain's verified plaintext: the base decoded and checked into a place,
-/// then each increment checked and applied. kine's rows go into the
-/// database; etcd's events come back as changes to lay over the snapshot's
-/// pairs, since a snapshot file cannot take them.
-pub struct ChainPlaintext {
-    pub file: NamedTempFile,
-    pub changes: Option<Changes>,
-}
-
-/// Decodes `chain` from `storage`. Every increment's manifest is read first,
-/// so a missing or foreign one fails before any download.
-pub async fn chain(
-    storage: &dyn Storage,
-    chain: &Chain,
-    identities: Option<Arc<Identities>>,
-    place: Place,
-    progress: bool,
-) -> Result<ChainPlaintext> {
-    let increments = apply::manifests(storage, chain).await?;
-    let base = chain.base.clone();
-    let reader = storage.get(&base.name).await?;
-    let keys = identities.clone();
-    let file = tokio::task::spawn_blocking(move || -> Result<NamedTempFile> {
-        let recorded = Recorded::from(&base);
-        let decode = Decode {
-            what: &base.name,
-            recorded: Some(&recorded),
-            identities: keys.as_deref(),
-            progress,
-        };
-        decode
-            .verified(SyncIoBridge::new(reader), place)?
-            .into_file()
-    })
-    .await
-    .context("decoding the backup panicked")??;
-    if increments.is_empty() {
-        return Ok(ChainPlaintext {
-            file,
-            changes: None,
-        });
-    }
-    let revision = chain.base.revision.unwrap_or(0);
-    let what = chain.base.name.clone();
-    let changes = match chain.base.kind {
-        SourceKind::Sqlite => {
-            let path = file.path().to_path_buf();
-            let applier =
-                tokio::task::spawn_blocking(move || KineApply::open(&path, revision, &what))
-                    .await
-                    .context("applying increments panicked")??;
-            let applier = apply::each(
-                storage,
-                &increments,
-                identities,
-                applier,
-                |kine, lines, m| kine.apply(lines, &m.name).map(drop),
-            )
-            .await?;
-            let what = chain.base.name.clone();
-            let reached = tokio::task::spawn_blocking(move || applier.finish(&what))
-                .await
-                .context("applying increments panicked")??;
-            tracing::info!(
-                revision = reached,
-                increments = increments.len(),
-                "increments applied"
-            );
-            None
-        }
-        SourceKind::Etcd => Some(
-            apply::each(
-                storage,
-                &increments,
-                identities,
-                Changes::new(revision),
-                |changes, lines, m| changes.apply(lines, &m.name),
-            )
-            .await?,
-        ),
-    };
-    Ok(ChainPlaintext { file, changes })
-}
-
 /// Which store a downloaded file without its manifest holds, by its first
 /// bytes: the one place a backup's kind is not the manifest's to say.
 pub fn kind_without_manifest(path: &Path) -> Result<SourceKind> {
@@ -348,175 +264,4 @@ pub fn install(
         }
     }
     crate::durable::install(temp, target, force, "the restored file")
-}
-
-/// Writes the plaintext to `place`, hashing it.
-fn write_out(
-    plaintext: impl Read,
-    place: Place,
-    observe: &mut dyn FnMut(&[u8]),
-    what: &str,
-) -> Result<Plaintext> {
-    let (dir, prefix, durable) = match &place {
-        Place::Stdout => {
-            let mut out = Hashing::new(io::stdout().lock());
-            copy(plaintext, &mut out, observe, what)?;
-            out.flush().context("write standard output")?;
-            return Ok(Plaintext {
-                fingerprint: out.finish().0,
-                file: None,
-            });
-        }
-        Place::Scratch(dir) => (dir.as_path(), ".vcbackup-plaintext-".to_string(), false),
-        Place::Beside(target) => {
-            let file_name = target
-                .file_name()
-                .with_context(|| format!("restore to {}: not a file path", target.display()))?;
-            let dir = match target.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir,
-                _ => Path::new("."),
-            };
-            (
-                dir,
-                format!(".{}.vcbackup-", file_name.to_string_lossy()),
-                true,
-            )
-        }
-    };
-    // Owner-only (tempfile's default): the plaintext is the whole store.
-    let temp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .tempfile_in(dir)
-        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    let fingerprint = decode_into(temp.as_file(), plaintext, observe, what, durable)
-        .with_context(|| format!("write {}", temp.path().display()));
-    Ok(Plaintext {
-        fingerprint: fingerprint?,
-        file: Some(temp),
-    })
-}
-
-/// Two threads overlap the work: this one reads (the stored digest, age,
-/// zstd), a writer hashes the plaintext and writes it out as it comes, so a
-/// final sync finds little left to do.
-fn decode_into(
-    file: &std::fs::File,
-    plaintext: impl Read,
-    observe: &mut dyn FnMut(&[u8]),
-    what: &str,
-    durable: bool,
-) -> Result<Fingerprint> {
-    std::thread::scope(|scope| {
-        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
-        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-        let writer = std::thread::Builder::new()
-            .name("vcbackup-restore-write".into())
-            .spawn_scoped(scope, move || {
-                write_buffers(file, full_rx, empty_tx, durable)
-            })
-            .context("start the writer thread")?;
-        let read = read_buffers(plaintext, &full_tx, &empty_rx, observe, what);
-        drop(full_tx);
-        let written = writer.join();
-        read?;
-        Ok(written.map_err(|_| anyhow!("the writer thread panicked"))??)
-    })
-}
-
-/// Buffers in flight between the two threads of a decoding: memory stays at
-/// `BUFFERS + 2` times `BUFFER` whatever the size.
-const BUFFER: usize = 1 << 20;
-const BUFFERS: usize = 4;
-
-/// Fills buffers from `plaintext` and hands them to the writer, reusing the
-/// ones it hands back. Stops early, without error, when the writer has failed.
-fn read_buffers(
-    mut plaintext: impl Read,
-    full: &mpsc::SyncSender<Vec<u8>>,
-    empty: &mpsc::Receiver<Vec<u8>>,
-    observe: &mut dyn FnMut(&[u8]),
-    what: &str,
-) -> Result<()> {
-    loop {
-        let mut buf = empty.try_recv().unwrap_or_else(|_| vec![0u8; BUFFER]);
-        buf.resize(BUFFER, 0);
-        let mut filled = 0;
-        while filled < BUFFER {
-            match plaintext.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => bail!("read {what}: the backup is truncated or corrupt ({err})"),
-            }
-        }
-        buf.truncate(filled);
-        observe(&buf);
-        if filled == 0 || full.send(buf).is_err() {
-            return Ok(());
-        }
-    }
-}
-
-/// Hashes and writes what the reader sends, then (when `durable`) syncs;
-/// the fingerprint of it all.
-fn write_buffers(
-    file: &std::fs::File,
-    full: mpsc::Receiver<Vec<u8>>,
-    empty: mpsc::Sender<Vec<u8>>,
-    durable: bool,
-) -> io::Result<Fingerprint> {
-    // A restored database is read right away (integrity check, then kine): its pages stay.
-    let mut write_back = crate::background::WriteBack::restoring();
-    let mut out = Hashing::new(file);
-    for buf in full {
-        out.write_all(&buf)?;
-        if durable {
-            write_back.wrote(file, buf.len())?;
-        }
-        let _ = empty.send(buf);
-    }
-    let (fingerprint, file) = out.finish();
-    if durable {
-        file.sync_all()?;
-        write_back.synced(file);
-    }
-    Ok(fingerprint)
-}
-
-fn copy(
-    mut plaintext: impl Read,
-    out: &mut impl Write,
-    observe: &mut dyn FnMut(&[u8]),
-    what: &str,
-) -> Result<u64> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match plaintext.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => bail!("read {what}: the backup is truncated or corrupt ({err})"),
-        };
-        observe(&buf[..n]);
-        out.write_all(&buf[..n])
-            .context("write the restored data")?;
-        total += n as u64;
-    }
-}
-
-fn progress_bar(show: bool, size: Option<u64>) -> indicatif::ProgressBar {
-    if !show || !io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = match size {
-        Some(size) => indicatif::ProgressBar::new(size),
-        None => indicatif::ProgressBar::no_length(),
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
 }
