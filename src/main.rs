@@ -25,6 +25,7 @@ mod lock;
 mod manifest;
 mod metrics;
 mod pipeline;
+mod pki;
 mod records;
 mod restore;
 mod retention;

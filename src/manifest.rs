@@ -88,6 +88,10 @@ pub struct Manifest {
     /// without one (and in those of versions before it was saved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<SavedConfig>,
+    /// The virtual cluster's PKI saved beside the backup; absent in backups
+    /// taken without one (and in those of versions before it was saved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki: Option<SavedPki>,
     pub agent_version: String,
 }
 
@@ -147,17 +151,58 @@ pub struct Release {
     pub chart_version: String,
 }
 
+/// The files under the PKI directory (CAs, service-account keys,
+/// kubeconfigs) as one tar beside a backup, sealed like it: it holds private keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedPki {
+    /// The object's name, beside the backup.
+    pub name: String,
+    /// The tar's size and SHA-256.
+    pub size: u64,
+    pub sha256: String,
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    /// How many files the tar holds.
+    pub files: u64,
+    /// The earliest end of validity among the CA certificates, and among the
+    /// others (certificates are public; the metric and alerts read these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_expires: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_expires: Option<DateTime<Utc>>,
+}
+
 /// The name of the config object beside backup `backup_name`:
 /// `demo-…-sqlite.zst.age` → `demo-…-sqlite.config.yaml.zst.age`.
 pub fn config_name(backup_name: &str) -> String {
-    let (stem, sealed) = match backup_name.strip_suffix(".zst.age") {
+    beside(backup_name, ".config.yaml")
+}
+
+/// The name of the PKI object beside backup `backup_name`:
+/// `demo-…-sqlite.zst.age` → `demo-…-sqlite.pki.tar.zst.age`.
+pub fn pki_name(backup_name: &str) -> String {
+    beside(backup_name, PKI_MARK)
+}
+
+const PKI_MARK: &str = ".pki.tar";
+
+/// The backup a PKI object's name belongs to (see [`pki_name`]).
+pub fn backup_of_pki(name: &str) -> Option<String> {
+    let (stem, sealed) = split_sealed(name);
+    let backup = format!("{}{sealed}", stem.strip_suffix(PKI_MARK)?);
+    parse_backup_name(&backup).map(|_| backup)
+}
+
+fn split_sealed(name: &str) -> (&str, &'static str) {
+    match name.strip_suffix(".zst.age") {
         Some(stem) => (stem, ".zst.age"),
-        None => (
-            backup_name.strip_suffix(".zst").unwrap_or(backup_name),
-            ".zst",
-        ),
-    };
-    format!("{stem}.config.yaml{sealed}")
+        None => (name.strip_suffix(".zst").unwrap_or(name), ".zst"),
+    }
+}
+
+fn beside(backup_name: &str, what: &str) -> String {
+    let (stem, sealed) = split_sealed(backup_name);
+    format!("{stem}{what}{sealed}")
 }
 
 impl Manifest {
@@ -274,6 +319,15 @@ mod tests {
             config_name(&b),
             "demo-20261102T030405.000Z-00000000-etcd.config.yaml.zst"
         );
+        assert_eq!(
+            pki_name(&a),
+            "demo-20260102T030405.000Z-ffffffff-sqlite.pki.tar.zst.age"
+        );
+        assert_eq!(parse_backup_name(&pki_name(&a)), None);
+        assert_eq!(backup_of_pki(&pki_name(&a)).as_deref(), Some(a.as_str()));
+        assert_eq!(backup_of_pki(&pki_name(&b)).as_deref(), Some(b.as_str()));
+        assert_eq!(backup_of_pki(&a), None);
+        assert_eq!(backup_of_pki(&config_name(&a)), None);
     }
 
     #[test]
@@ -285,7 +339,9 @@ mod tests {
             "agent_version":"0.1.0"}"#;
         let manifest = Manifest::from_json(old.as_bytes(), "old").unwrap();
         assert_eq!(manifest.config, None);
+        assert_eq!(manifest.pki, None);
         let json = String::from_utf8(manifest.to_json().unwrap()).unwrap();
         assert!(!json.contains("config"), "{json}");
+        assert!(!json.contains("pki"), "{json}");
     }
 }

@@ -151,6 +151,11 @@ pub async fn drill(
     if let Some(saved) = &manifest.config {
         checks.extend(config(storage, manifest, saved, mode, identities.as_deref()).await?);
     }
+    if let Some(saved) = &manifest.pki {
+        let full = mode == Mode::Full;
+        let found = crate::pki::drill(storage, saved, full, identities.as_deref()).await?;
+        checks.extend(found.into_iter().map(Into::into));
+    }
     let ok = checks.iter().all(|c| c.ok);
     Ok(Report {
         format_version: RECORD_FORMAT_VERSION,
