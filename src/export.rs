@@ -345,7 +345,7 @@ fn open_file(path: &Path, identities: Option<&Identities>) -> Result<Opened> {
     })
 }
 
-fn read_manifest_beside(path: &Path) -> Result<Option<Manifest>> {
+pub fn read_manifest_beside(path: &Path) -> Result<Option<Manifest>> {
     let mut manifest_path = path.as_os_str().to_owned();
     manifest_path.push(manifest_key(""));
     let manifest_path = PathBuf::from(manifest_path);

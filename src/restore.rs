@@ -283,6 +283,9 @@ fn occupant(target: &Path, verb: &str) -> Result<Occupant> {
 
 /// The manifest beside a downloaded backup or increment, when there is one.
 fn read_manifest_beside(path: &Path) -> Result<Option<Recorded>> {
+    if let Some(recorded) = pki_recorded(path)? {
+        return Ok(Some(recorded));
+    }
     let mut manifest_path = path.as_os_str().to_owned();
     manifest_path.push(manifest_key(""));
     let manifest_path = PathBuf::from(manifest_path);
@@ -315,6 +318,34 @@ fn read_manifest_beside(path: &Path) -> Result<Option<Recorded>> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("read manifest {}", manifest_path.display())),
     }
+}
+
+/// A downloaded PKI object (`decrypt` gives its tar) is checked against what
+/// its backup's manifest, when downloaded beside it, records of it.
+fn pki_recorded(path: &Path) -> Result<Option<Recorded>> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let Some(backup) = name.as_deref().and_then(crate::manifest::backup_of_pki) else {
+        return Ok(None);
+    };
+    let Some(manifest) = crate::export::read_manifest_beside(&path.with_file_name(&backup))? else {
+        return Ok(None);
+    };
+    let pki = manifest.pki.with_context(|| {
+        format!(
+            "decrypt {}: the manifest of {backup} beside it records no PKI",
+            path.display()
+        )
+    })?;
+    Ok(Some(Recorded {
+        stored: Fingerprint {
+            size: pki.stored_size,
+            sha256: pki.stored_sha256,
+        },
+        plaintext: Fingerprint {
+            size: pki.size,
+            sha256: pki.sha256,
+        },
+    }))
 }
 
 /// Decodes into a hidden temporary file in the target's directory (so the final

@@ -31,7 +31,7 @@ use crate::pipeline::{Hashing, Identities, Sealing, unseal};
 use crate::storage::{self, ObjectNotFound, Storage};
 use crate::store::Finding;
 
-pub use check::{Expiry, check, expiry};
+pub use check::{check, expiry};
 pub use secret::secret_yaml;
 pub use write::{check_target, write_dir};
 
