@@ -54,7 +54,13 @@ impl Cert {
         let cert = Certificate::from_der(der).map_err(bad)?;
         let mut reader = der::SliceReader::new(der).map_err(bad)?;
         let tbs = reader
-            .sequence(|outer| outer.tlv_bytes().map(<[u8]>::to_vec))
+            .sequence(|outer| {
+                let tbs = outer.tlv_bytes()?.to_vec();
+                // The signature algorithm and the signature: the sequence must be read whole.
+                outer.tlv_bytes()?;
+                outer.tlv_bytes()?;
+                Ok(tbs)
+            })
             .map_err(bad)?;
         Ok(Cert {
             cert,
