@@ -176,6 +176,7 @@ fn restore_writes_the_identity_back_byte_for_byte_and_old_tokens_still_verify() 
     assert!(!log.contains("PKI"), "{log}");
     assert_no_key_material("the backup's log", &log, &markers);
 
+    assert_eq!(list_json(&s.dest, "demo")[0]["pki"], true);
     let manifest = s.manifest(&backup);
     let saved = &manifest["pki"];
     let object = backup.replace(".zst.age", ".pki.tar.zst.age");
@@ -671,5 +672,6 @@ fn a_missing_pki_is_one_warning_per_start_and_no_series() {
             .contains("vcbackup_pki_expiry_timestamp_seconds{")
     );
     let newest = &list_json(&s.dest, "demo")[0];
+    assert_eq!(newest["pki"], false);
     assert!(s.manifest(newest["name"].as_str().unwrap())["pki"].is_null());
 }
