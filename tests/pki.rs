@@ -446,11 +446,14 @@ fn drill_of(base: &Path, broken: impl FnOnce(&Path)) -> (String, String, Vec<Str
     (stdout, error_line(&stderr), markers)
 }
 
+/// One way to break a PKI, in place.
+type Breakage = Box<dyn FnOnce(&Path)>;
+
 #[test]
 fn verify_fails_by_name_on_a_broken_identity() {
     let base = tempfile::tempdir().unwrap();
     make_pki(base.path(), KeyKind::Rsa);
-    let cases: Vec<(&str, &str, Box<dyn FnOnce(&Path)>)> = vec![
+    let cases: Vec<(&str, &str, Breakage)> = vec![
         (
             "pki-keys",
             "apiserver.key does not match apiserver.crt",
