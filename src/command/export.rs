@@ -12,6 +12,7 @@ use crate::export::{self, ExportOptions, Input};
 use crate::manifest::Manifest;
 use crate::pipeline::Identities;
 use crate::pki;
+use crate::plaintext::{self, Beside};
 
 pub struct ExportConfig {
     pub input: Input,
@@ -95,15 +96,15 @@ async fn secret(
             (chain.base, pki)
         }
         Input::File(path) => {
-            let manifest = export::read_manifest_beside(path)?.with_context(|| {
-                format!(
-                    "{flag}: no manifest beside {} to name its PKI; download {}.json with it",
+            let Some(Beside::Backup(manifest)) = plaintext::manifest_beside(path)? else {
+                bail!(
+                    "{flag}: no backup manifest beside {} to name its PKI; download {}.json with it",
                     path.display(),
                     path.display()
-                )
-            })?;
+                );
+            };
             let pki = pki::open_beside(path, &manifest, identities, flag)?;
-            (manifest, pki)
+            (*manifest, pki)
         }
     };
     let recorded = manifest.config.as_ref().map(|c| &c.release);

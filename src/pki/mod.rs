@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, anyhow, bail};
 use zeroize::Zeroizing;
 
-use crate::manifest::{Manifest, SavedPki, pki_name};
-use crate::pipeline::{Hashing, Identities, Sealing, unseal};
+use crate::manifest::{Manifest, SavedPki, backup_of_pki, pki_name};
+use crate::pipeline::{Fingerprint, Hashing, Identities, Sealing, unseal};
+use crate::plaintext::{Beside, Recorded, manifest_beside};
 use crate::storage::{self, ObjectNotFound, Storage};
 use crate::store::Finding;
 
@@ -271,6 +272,34 @@ pub fn open_beside(
         .read_to_end(&mut sealed)
         .with_context(|| format!("read {shown}"))?;
     open(&sealed, saved, identities, &shown)
+}
+
+/// What the manifest of the backup a downloaded PKI object belongs to
+/// records of it, when that manifest lies beside it (for `decrypt`).
+pub fn recorded_beside(path: &Path) -> Result<Option<Recorded>> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let Some(backup) = name.as_deref().and_then(backup_of_pki) else {
+        return Ok(None);
+    };
+    let Some(Beside::Backup(manifest)) = manifest_beside(&path.with_file_name(&backup))? else {
+        return Ok(None);
+    };
+    let saved = manifest.pki.with_context(|| {
+        format!(
+            "decrypt {}: the manifest of {backup} beside it records no PKI",
+            path.display()
+        )
+    })?;
+    Ok(Some(Recorded {
+        stored: Fingerprint {
+            size: saved.stored_size,
+            sha256: saved.stored_sha256,
+        },
+        plaintext: Fingerprint {
+            size: saved.size,
+            sha256: saved.sha256,
+        },
+    }))
 }
 
 /// Decrypts a stored PKI and checks it against what its manifest records.
