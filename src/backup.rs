@@ -148,7 +148,7 @@ pub async fn store_manifest(
 }
 
 /// What is stored beside every backup: the vCluster config and the PKI.
-pub struct Beside {
+pub struct Companions {
     pub config: ConfigSource,
     pub pki: PkiSource,
 }
@@ -160,9 +160,9 @@ pub async fn take_backup(
     sealing: Arc<Sealing>,
     storage: &dyn Storage,
     vcluster: &str,
-    beside: &Beside,
+    companions: &Companions,
 ) -> Result<Manifest, BackupError> {
-    let vcluster_config = &beside.config;
+    let vcluster_config = &companions.config;
     // Milliseconds, as in the object name, so `--at <created>` finds this backup.
     let started = Utc::now().trunc_subsecs(3);
     let clock = Instant::now();
@@ -203,7 +203,7 @@ pub async fn take_backup(
         },
         None => None,
     };
-    let pki = beside.pki.store_beside(&sealing, storage, &name).await;
+    let pki = companions.pki.store_beside(&sealing, storage, &name).await;
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,
         name: name.clone(),

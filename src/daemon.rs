@@ -49,7 +49,7 @@ pub struct DaemonConfig {
     pub shutdown_timeout: Duration,
     pub backup_on_shutdown: bool,
     /// The vCluster config and the PKI stored beside every backup.
-    pub beside: backup::Beside,
+    pub companions: backup::Companions,
     /// Read every uploaded backup back once (key-less checks).
     pub verify_after_upload: bool,
     /// `--skip-unchanged`, with `--max-unchanged-age`.
@@ -371,7 +371,7 @@ impl Scheduler<'_> {
             Arc::clone(&self.config.sealing),
             self.storage,
             &self.config.vcluster,
-            &self.config.beside,
+            &self.config.companions,
         )
         .await;
         match result {

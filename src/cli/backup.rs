@@ -13,7 +13,7 @@ use super::drill::{AfterUploadArgs, SkipArgs};
 use super::target::StorageArgs;
 use super::values::{parse_age, parse_interval, parse_schedule, parse_timezone, parse_wait};
 use crate::background::Priority;
-use crate::backup::Beside;
+use crate::backup::Companions;
 use crate::command::backup::BackupConfig;
 use crate::command::prune::PruneConfig;
 use crate::daemon::DaemonConfig;
@@ -310,13 +310,13 @@ impl BackupArgs {
 impl BackupArgs {
     /// What is stored beside each backup: the config, and the PKI (by default
     /// where vCluster keeps it on the data volume).
-    pub fn beside(&self, vcluster: &str) -> Beside {
+    pub fn companions(&self, vcluster: &str) -> Companions {
         let args = &self.vcluster_config;
         let pki_dir = args
             .pki_dir
             .clone()
             .unwrap_or_else(|| self.source_options.data_dir.join("pki"));
-        Beside {
+        Companions {
             config: crate::vconfig::ConfigSource::new(
                 args.vcluster_config.clone(),
                 vcluster,
@@ -347,7 +347,7 @@ impl BackupNowArgs {
             source,
             sealing,
             storage,
-            beside: self.backup.beside(&target.vcluster),
+            companions: self.backup.companions(&target.vcluster),
             vcluster: target.vcluster,
             stale_upload_age: self.sweep.abort_uploads_after,
         })
@@ -393,7 +393,7 @@ impl RunArgs {
                 .skip_unchanged
                 .then_some(self.skip.max_unchanged_age),
             incremental_interval: self.incremental_interval,
-            beside: self.backup.beside(&target.vcluster),
+            companions: self.backup.companions(&target.vcluster),
             vcluster: target.vcluster,
         })
     }

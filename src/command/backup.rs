@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::backup::Beside;
+use crate::backup::Companions;
 use crate::pipeline::Sealing;
 use crate::schedule::Age;
 use crate::storage::Storage;
@@ -14,7 +14,7 @@ pub struct BackupConfig {
     pub sealing: std::sync::Arc<Sealing>,
     pub storage: Box<dyn Storage>,
     pub vcluster: String,
-    pub beside: Beside,
+    pub companions: Companions,
     /// `--abort-uploads-after`.
     pub stale_upload_age: Age,
 }
@@ -25,12 +25,12 @@ pub async fn run(config: BackupConfig) -> Result<()> {
         sealing,
         storage,
         vcluster,
-        beside,
+        companions,
         stale_upload_age,
     } = config;
     let source = tokio::task::spawn_blocking(move || source.open()).await??;
     let manifest =
-        crate::backup::take_backup(source, sealing, storage.as_ref(), &vcluster, &beside).await?;
+        crate::backup::take_backup(source, sealing, storage.as_ref(), &vcluster, &companions).await?;
     println!("{}", manifest.name);
     // The backup is stored; a failed clean-up of others' leftovers only warns.
     let cutoff = chrono::Utc::now() - stale_upload_age.delta;

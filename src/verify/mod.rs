@@ -2,9 +2,10 @@
 //!
 //! A drill reads a backup back and checks it as a restore would, without
 //! restoring: the stored bytes against the manifest; with the key, the
-//! plaintext, the database and the saved vCluster config too. Each drill
-//! leaves a record beside the backup (`records`), named with its time, mode
-//! and result, so `list` and `fleet` show it from a listing.
+//! plaintext, the database, the saved vCluster config and the PKI too
+//! (`pki::drill`). Each drill leaves a record beside the backup (`records`),
+//! named with its time, mode and result, so `list` and `fleet` show it from a
+//! listing.
 
 pub mod chain;
 mod checks;
