@@ -30,7 +30,8 @@ pub async fn run(config: BackupConfig) -> Result<()> {
     } = config;
     let source = tokio::task::spawn_blocking(move || source.open()).await??;
     let manifest =
-        crate::backup::take_backup(source, sealing, storage.as_ref(), &vcluster, &companions).await?;
+        crate::backup::take_backup(source, sealing, storage.as_ref(), &vcluster, &companions)
+            .await?;
     println!("{}", manifest.name);
     // The backup is stored; a failed clean-up of others' leftovers only warns.
     let cutoff = chrono::Utc::now() - stale_upload_age.delta;
