@@ -111,7 +111,8 @@ METRICS = {"vcbackup_backups_total", "vcbackup_backup_failures_total",
            "vcbackup_fleet_refresh_failures_total", "vcbackup_rpo_seconds",
            "vcbackup_incremental_interval_seconds", "vcbackup_increments_total",
            "vcbackup_increment_bytes_total", "vcbackup_last_increment_timestamp_seconds",
-           "vcbackup_full_backups_forced_total", "vcbackup_last_forced_full_backup_timestamp_seconds"}
+           "vcbackup_full_backups_forced_total", "vcbackup_last_forced_full_backup_timestamp_seconds",
+           "vcbackup_pki_expiry_timestamp_seconds"}
 PORT = 9464
 HARDENED = {"runAsUser": 0, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
 

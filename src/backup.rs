@@ -8,6 +8,7 @@ use chrono::{SubsecRound, Utc};
 
 use crate::manifest::{self, Manifest, SealedObject};
 use crate::pipeline::{Fingerprint, Sealing};
+use crate::pki::PkiSource;
 use crate::storage::{self, IncompleteBody, Storage, body_channel};
 use crate::store::Source;
 use crate::vconfig::ConfigSource;
@@ -146,6 +147,12 @@ pub async fn store_manifest(
     Ok(())
 }
 
+/// What is stored beside every backup: the vCluster config and the PKI.
+pub struct Companions {
+    pub config: ConfigSource,
+    pub pki: PkiSource,
+}
+
 /// Takes one backup of `source` into `storage` and returns its manifest.
 /// On failure nothing is left that a reader could mistake for a backup.
 pub async fn take_backup(
@@ -153,8 +160,9 @@ pub async fn take_backup(
     sealing: Arc<Sealing>,
     storage: &dyn Storage,
     vcluster: &str,
-    vcluster_config: &ConfigSource,
+    companions: &Companions,
 ) -> Result<Manifest, BackupError> {
+    let vcluster_config = &companions.config;
     // Milliseconds, as in the object name, so `--at <created>` finds this backup.
     let started = Utc::now().trunc_subsecs(3);
     let clock = Instant::now();
@@ -195,6 +203,7 @@ pub async fn take_backup(
         },
         None => None,
     };
+    let pki = companions.pki.store_beside(&sealing, storage, &name).await;
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,
         name: name.clone(),
@@ -207,11 +216,13 @@ pub async fn take_backup(
         semantic_revision,
         etcd: facts.etcd,
         config,
+        pki,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     // Without its manifest the backup is not listed: its objects go too.
     let objects: Vec<&str> = std::iter::once(name.as_str())
         .chain(manifest.config.as_ref().map(|c| c.name.as_str()))
+        .chain(manifest.pki.as_ref().map(|p| p.name.as_str()))
         .collect();
     store_manifest(
         storage,

@@ -28,7 +28,6 @@ use crate::shutdown::Shutdown;
 use crate::state::State;
 use crate::storage::{Destination, Storage};
 use crate::store::{Source, SourceConfig};
-use crate::vconfig::ConfigSource;
 
 /// The loop wakes at least this often, to notice clock jumps and show it is alive.
 const WAKE: Duration = Duration::from_secs(15);
@@ -49,7 +48,8 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     pub shutdown_timeout: Duration,
     pub backup_on_shutdown: bool,
-    pub vcluster_config: ConfigSource,
+    /// The vCluster config and the PKI stored beside every backup.
+    pub companions: backup::Companions,
     /// Read every uploaded backup back once (key-less checks).
     pub verify_after_upload: bool,
     /// `--skip-unchanged`, with `--max-unchanged-age`.
@@ -371,7 +371,7 @@ impl Scheduler<'_> {
             Arc::clone(&self.config.sealing),
             self.storage,
             &self.config.vcluster,
-            &self.config.vcluster_config,
+            &self.config.companions,
         )
         .await;
         match result {

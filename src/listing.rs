@@ -65,6 +65,7 @@ pub fn json(backups: &[Manifest], records: &[Record], increments: &[IncrementRef
                     "revision": m.revision,
                     "vcluster": m.vcluster,
                     "config": m.config.is_some(),
+                    "pki": m.pki.is_some(),
                     "verify": last_verify(records, &m.name),
                     "increments": chain_json(m, increments),
                 })

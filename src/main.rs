@@ -26,6 +26,7 @@ mod manifest;
 mod metrics;
 mod object;
 mod pipeline;
+mod pki;
 mod plaintext;
 mod records;
 mod restore;

@@ -59,6 +59,10 @@ pub struct Manifest {
     /// without one (and in those of versions before it was saved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<SavedConfig>,
+    /// The virtual cluster's PKI saved beside the backup; absent in backups
+    /// taken without one (and in those of versions before it was saved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki: Option<SavedPki>,
     pub agent_version: String,
 }
 
@@ -171,6 +175,27 @@ pub struct Release {
     pub chart_version: String,
 }
 
+/// The files under the PKI directory (CAs, service-account keys,
+/// kubeconfigs) as one tar beside a backup, sealed like it: it holds private keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedPki {
+    /// The object's name, beside the backup.
+    pub name: String,
+    /// The tar's size and SHA-256.
+    pub size: u64,
+    pub sha256: String,
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    /// How many files the tar holds.
+    pub files: u64,
+    /// The earliest end of validity among the CA certificates, and among the
+    /// others (certificates are public; the metric and alerts read these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_expires: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_expires: Option<DateTime<Utc>>,
+}
+
 impl Manifest {
     pub fn manifest_key(&self) -> String {
         crate::object::manifest_key(&self.name)
@@ -229,8 +254,10 @@ mod tests {
             "agent_version":"0.1.0"}"#;
         let manifest = Manifest::from_json(old.as_bytes(), "old").unwrap();
         assert_eq!(manifest.config, None);
+        assert_eq!(manifest.pki, None);
         let json = String::from_utf8(manifest.to_json().unwrap()).unwrap();
         assert!(!json.contains("config"), "{json}");
+        assert!(!json.contains("pki"), "{json}");
     }
 
     /// The flattened `SealedObject` keeps every field where it always was.

@@ -7,6 +7,7 @@
 //! - `<vcluster>-<time>-<writer>-<kind>.zst[.age]`: a backup;
 //! - `<object>.json`: the manifest of a backup or an increment, written after it;
 //! - `<backup stem>.config.yaml.zst[.age]`: the vCluster config saved with a backup;
+//! - `<backup stem>.pki.tar.zst[.age]`: the virtual cluster's PKI saved with a backup;
 //! - `<backup stem>.incr-<captured>-<first>-<last>-<writer>.zst[.age]`: an increment;
 //! - `<backup>.verify-<time>-<mode>-<result>.json`: one restore drill;
 //! - `<backup>.unchanged-<time>.json`: the store was unchanged since `<backup>` at `<time>`.
@@ -24,6 +25,7 @@ const INCREMENT: &str = ".incr-";
 const VERIFY: &str = ".verify-";
 const UNCHANGED: &str = ".unchanged-";
 const CONFIG: &str = ".config.yaml";
+const PKI: &str = ".pki.tar";
 
 /// What kind of backing store a backup came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +76,10 @@ pub enum Object {
     Config {
         backup: String,
     },
+    /// The PKI saved beside a backup.
+    Pki {
+        backup: String,
+    },
     Increment(IncrementRef),
     /// An increment's manifest.
     IncrementManifest(IncrementRef),
@@ -101,6 +107,11 @@ impl Object {
             let backup = format!("{backup}{sealed}");
             parse_backup_name(&backup)?;
             return Some(Object::Config { backup });
+        }
+        if let Some(backup) = stem.strip_suffix(PKI) {
+            let backup = format!("{backup}{sealed}");
+            parse_backup_name(&backup)?;
+            return Some(Object::Pki { backup });
         }
         let (started, kind) = parse_backup_name(key)?;
         Some(Object::Backup {
@@ -155,6 +166,24 @@ pub fn config_name(backup_name: &str) -> String {
         found => found,
     };
     format!("{stem}{CONFIG}{sealed}")
+}
+
+/// The name of the PKI object beside backup `backup_name`:
+/// `demo-…-sqlite.zst.age` → `demo-…-sqlite.pki.tar.zst.age`.
+pub fn pki_name(backup_name: &str) -> String {
+    let (stem, sealed) = match split_sealed(backup_name) {
+        (stem, "") => (stem, ".zst"),
+        found => found,
+    };
+    format!("{stem}{PKI}{sealed}")
+}
+
+/// The backup a PKI object's name belongs to (see [`pki_name`]).
+pub fn backup_of_pki(name: &str) -> Option<String> {
+    match Object::parse(name)? {
+        Object::Pki { backup } => Some(backup),
+        _ => None,
+    }
 }
 
 /// An increment as its object name describes it: enough to assemble chains,
@@ -359,6 +388,13 @@ mod tests {
                 backup: backup.clone()
             })
         );
+        assert_eq!(
+            pki_name(&backup),
+            "demo-20261102T030405.000Z-0000abcd-sqlite.pki.tar.zst.age"
+        );
+        assert_eq!(backup_of_pki(&pki_name(&backup)).as_deref(), Some(BACKUP));
+        assert_eq!(backup_of_pki(&backup), None);
+        assert_eq!(backup_of_pki(&config_name(&backup)), None);
         let increment = increment_name(&backup, time, 5, 9, 1);
         let Some(Object::Increment(parsed)) = Object::parse(&increment) else {
             panic!("{increment}");

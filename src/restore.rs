@@ -130,7 +130,12 @@ pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Resu
         Some(path) => plaintext::manifest_beside(path)?,
         None => None,
     };
-    if beside.is_none() {
+    // A PKI object is checked against what its backup's manifest records of it.
+    let pki = match (&beside, &options.input) {
+        (None, Some(path)) => crate::pki::recorded_beside(path)?,
+        _ => None,
+    };
+    if beside.is_none() && pki.is_none() {
         tracing::info!(
             "no manifest beside {what}: relying on age authentication and the zstd checksum"
         );
@@ -158,7 +163,7 @@ pub fn decrypt(identities: Option<Identities>, options: &DecryptOptions) -> Resu
         ),
         None => Box::new(io::stdin()),
     };
-    let recorded = beside.as_ref().map(Beside::recorded);
+    let recorded = beside.as_ref().map(Beside::recorded).or(pki);
     let decode = Decode {
         what: &what,
         recorded: recorded.as_ref(),

@@ -175,6 +175,9 @@ pub async fn prune(
             if let Some(config) = &backup.config {
                 storage.delete(&config.name).await?;
             }
+            if let Some(pki) = &backup.pki {
+                storage.delete(&pki.name).await?;
+            }
             for record in catalog.records.iter().filter(|r| r.backup == backup.name) {
                 storage.delete(&record.key).await?;
             }

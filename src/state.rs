@@ -217,6 +217,7 @@ impl State {
         self.metrics.record_stored_count(backups.len());
         if let Some(newest) = backups.first() {
             self.metrics.record_newest_stored(newest.finished);
+            self.metrics.pki.record(newest.pki.as_ref());
         }
         let recent = backups
             .iter()

@@ -8,7 +8,7 @@
 //! database), `notes.txt` (not a database), `key.txt` and `other.txt` (age
 //! identities, fixed so the messages are), `garbage.txt` (not an identity),
 //! `empty/` (a data directory with nothing in it), and `backups/` holding one
-//! backup of `state.db` under the name `demo`.
+//! backup of `state.db` under the name `demo`, taken without a PKI.
 //!
 //! A `file:` destination must be absolute, so `VCBACKUP_DESTINATION` points at
 //! `backups/`, and in the expected output `[CWD]` stands for the working
@@ -57,6 +57,9 @@ fn every_user_error_prints_exactly_its_message() {
         "demo",
         "--source",
         "state.db",
+        // Taken without a PKI, whatever the machine has at /data/pki.
+        "--pki-dir",
+        "no-pki",
         "--recipient",
         RECIPIENT,
         "--destination",

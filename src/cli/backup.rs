@@ -13,6 +13,7 @@ use super::drill::{AfterUploadArgs, SkipArgs};
 use super::target::StorageArgs;
 use super::values::{parse_age, parse_interval, parse_schedule, parse_timezone, parse_wait};
 use crate::background::Priority;
+use crate::backup::Companions;
 use crate::command::backup::BackupConfig;
 use crate::command::prune::PruneConfig;
 use crate::daemon::DaemonConfig;
@@ -78,6 +79,13 @@ pub struct VclusterConfigArgs {
     /// the pod, so the values file sets it).
     #[arg(long, env = "VCBACKUP_CHART_VERSION", value_name = "VERSION")]
     pub chart_version: Option<String>,
+
+    /// The virtual cluster's PKI (its CAs, service-account keys and kubeconfigs, which vCluster
+    /// keeps in the host Secret `<release>-certs`), saved (encrypted like the backup) beside
+    /// every backup, so that a restore on a new host keeps the cluster's identity. A missing
+    /// directory only warns. [default: <data-dir>/pki]
+    #[arg(long, env = "VCBACKUP_PKI_DIR", value_name = "DIR")]
+    pub pki_dir: Option<PathBuf>,
 }
 
 /// `vcbackup backup`: one backup, then the sweep of what killed agents left.
@@ -299,14 +307,24 @@ impl BackupArgs {
     }
 }
 
-impl VclusterConfigArgs {
-    pub fn source(&self, vcluster: &str) -> crate::vconfig::ConfigSource {
-        crate::vconfig::ConfigSource::new(
-            self.vcluster_config.clone(),
-            vcluster,
-            self.namespace.clone(),
-            self.chart_version.clone(),
-        )
+impl BackupArgs {
+    /// What is stored beside each backup: the config, and the PKI (by default
+    /// where vCluster keeps it on the data volume).
+    pub fn companions(&self, vcluster: &str) -> Companions {
+        let args = &self.vcluster_config;
+        let pki_dir = args
+            .pki_dir
+            .clone()
+            .unwrap_or_else(|| self.source_options.data_dir.join("pki"));
+        Companions {
+            config: crate::vconfig::ConfigSource::new(
+                args.vcluster_config.clone(),
+                vcluster,
+                args.namespace.clone(),
+                args.chart_version.clone(),
+            ),
+            pki: crate::pki::PkiSource::new(pki_dir),
+        }
     }
 }
 
@@ -329,7 +347,7 @@ impl BackupNowArgs {
             source,
             sealing,
             storage,
-            vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
+            companions: self.backup.companions(&target.vcluster),
             vcluster: target.vcluster,
             stale_upload_age: self.sweep.abort_uploads_after,
         })
@@ -375,7 +393,7 @@ impl RunArgs {
                 .skip_unchanged
                 .then_some(self.skip.max_unchanged_age),
             incremental_interval: self.incremental_interval,
-            vcluster_config: self.backup.vcluster_config.source(&target.vcluster),
+            companions: self.backup.companions(&target.vcluster),
             vcluster: target.vcluster,
         })
     }

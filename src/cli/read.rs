@@ -10,7 +10,7 @@ use super::target::StorageArgs;
 use super::values::parse_time;
 use crate::catalog::Selector;
 use crate::command::decrypt::DecryptConfig;
-use crate::command::export::ExportConfig;
+use crate::command::export::{CertsSecret, ExportConfig};
 use crate::command::list::ListConfig;
 use crate::command::restore::{RestoreConfig, WriteConfig};
 use crate::export::{ExportOptions, Input, Output};
@@ -85,6 +85,12 @@ pub struct RestoreArgs {
     #[arg(long, env = "VCBACKUP_RESTORE_CONFIG_OUT", value_name = "FILE")]
     pub config_out: Option<PathBuf>,
 
+    /// Also write the virtual cluster's PKI saved with the backup into this directory, as
+    /// vCluster lays out <data-dir>/pki (files 0600, directories 0700). An existing non-empty
+    /// directory is replaced only with --force.
+    #[arg(long, env = "VCBACKUP_RESTORE_PKI_OUT", value_name = "DIR")]
+    pub pki_out: Option<PathBuf>,
+
     /// Move kine's revision forward by this much after restoring, so that clients that watched
     /// the old store never see revisions go backwards (as `vcluster restore` does). 0 keeps it.
     #[arg(long, env = "VCBACKUP_BUMP_REVISION", default_value_t = 1000)]
@@ -154,6 +160,19 @@ pub struct ExportArgs {
     #[arg(long, env = "VCBACKUP_EXPORT_FORCE")]
     pub force: bool,
 
+    /// Also write the host Secret `<release>-certs` holding the PKI saved with the backup
+    /// (`-` for standard output), exactly as vCluster reads it: `kubectl apply` it on the new
+    /// host before `vcluster create --restore`, and the restored cluster keeps its CA,
+    /// service-account keys and kubeconfigs. It holds private keys (base64, not encrypted).
+    /// Without -o or --to, only the Secret is written.
+    #[arg(long, env = "VCBACKUP_EXPORT_CERTS_SECRET", value_name = "FILE.yaml|-")]
+    pub certs_secret: Option<PathBuf>,
+
+    /// The host namespace the Secret goes to. [default: the one recorded with the backup's
+    /// config, else none: `kubectl apply -n NAMESPACE`]
+    #[arg(long, env = "VCBACKUP_NAMESPACE", value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
     /// Accept a chain of increments with a gap (an increment is missing): export the state up
     /// to the gap, less than was asked for. Without it such an export is refused.
     #[arg(long, env = "VCBACKUP_EXPORT_UP_TO_GAP")]
@@ -215,12 +234,16 @@ impl RestoreArgs {
                 path.display()
             );
         }
+        if let Some(dir) = &self.pki_out {
+            crate::pki::check_target(dir, self.force)?;
+        }
         let (_, storage) = self.storage.open().await?;
         Ok(RestoreConfig::Write(WriteConfig {
             selector,
             identities,
             options,
             config_out: self.config_out,
+            pki_out: self.pki_out,
             up_to_gap: self.up_to_gap,
             storage,
         }))
@@ -231,6 +254,7 @@ impl ExportArgs {
     /// The output, the key, and the backup: a file, or one in storage, opened.
     pub async fn resolve(self) -> Result<ExportConfig> {
         let output = self.output()?;
+        let certs_secret = self.certs_secret()?;
         let identities = self.identity.load()?;
         let input = match self.stored()? {
             Some((storage, selector)) => Input::Stored {
@@ -243,23 +267,50 @@ impl ExportArgs {
         Ok(ExportConfig {
             input,
             identities,
-            options: ExportOptions {
+            options: output.map(|output| ExportOptions {
                 output,
                 force: self.force,
-            },
+            }),
+            certs_secret,
         })
     }
 
-    /// Where the archive goes: exactly one of -o and --to.
-    fn output(&self) -> Result<Output> {
+    /// Where the Secret goes (`None` path: standard output), checked before any work.
+    fn certs_secret(&self) -> Result<Option<CertsSecret>> {
+        let Some(path) = &self.certs_secret else {
+            return Ok(None);
+        };
+        let to_stdout = path.as_os_str() == "-";
+        if to_stdout && self.output.as_ref().is_some_and(|o| o.as_os_str() == "-") {
+            bail!(
+                "-o - and --certs-secret - cannot both be standard output; write one of them to a file"
+            );
+        }
+        if !to_stdout && path.exists() && !self.force {
+            bail!(
+                "write {}: the file exists; pass --force to replace it",
+                path.display()
+            );
+        }
+        Ok(Some(CertsSecret {
+            output: (!to_stdout).then(|| path.clone()),
+            namespace: self.namespace.clone(),
+            force: self.force,
+        }))
+    }
+
+    /// Where the archive goes: exactly one of -o and --to, or neither when
+    /// only the Secret is asked for.
+    fn output(&self) -> Result<Option<Output>> {
         match (&self.output, &self.to) {
             (Some(_), Some(_)) => bail!("give either -o FILE or --to s3://…, not both"),
+            (None, None) if self.certs_secret.is_some() => Ok(None),
             (None, None) => bail!(
                 "no output: give -o FILE.tar.gz (or -o - for standard output) or --to s3://BUCKET/DIR/NAME.tar.gz"
             ),
-            (Some(path), None) if path.as_os_str() == "-" => Ok(Output::Stdout),
-            (Some(path), None) => Ok(Output::File(path.clone())),
-            (None, Some(url)) => Ok(Output::S3(url.clone())),
+            (Some(path), None) if path.as_os_str() == "-" => Ok(Some(Output::Stdout)),
+            (Some(path), None) => Ok(Some(Output::File(path.clone()))),
+            (None, Some(url)) => Ok(Some(Output::S3(url.clone()))),
         }
     }
 

@@ -3,18 +3,18 @@
 
 use anyhow::Result;
 
+use crate::backup::Companions;
 use crate::pipeline::Sealing;
 use crate::schedule::Age;
 use crate::storage::Storage;
 use crate::store::SourceConfig;
-use crate::vconfig::ConfigSource;
 
 pub struct BackupConfig {
     pub source: SourceConfig,
     pub sealing: std::sync::Arc<Sealing>,
     pub storage: Box<dyn Storage>,
     pub vcluster: String,
-    pub vcluster_config: ConfigSource,
+    pub companions: Companions,
     /// `--abort-uploads-after`.
     pub stale_upload_age: Age,
 }
@@ -25,18 +25,13 @@ pub async fn run(config: BackupConfig) -> Result<()> {
         sealing,
         storage,
         vcluster,
-        vcluster_config,
+        companions,
         stale_upload_age,
     } = config;
     let source = tokio::task::spawn_blocking(move || source.open()).await??;
-    let manifest = crate::backup::take_backup(
-        source,
-        sealing,
-        storage.as_ref(),
-        &vcluster,
-        &vcluster_config,
-    )
-    .await?;
+    let manifest =
+        crate::backup::take_backup(source, sealing, storage.as_ref(), &vcluster, &companions)
+            .await?;
     println!("{}", manifest.name);
     // The backup is stored; a failed clean-up of others' leftovers only warns.
     let cutoff = chrono::Utc::now() - stale_upload_age.delta;

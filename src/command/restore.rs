@@ -1,5 +1,6 @@
 //! `vcbackup restore`: a backup (and its increments) from the destination into
-//! place, and with `--config-out` the vCluster config saved with it.
+//! place, with `--config-out` the vCluster config saved with it, and with
+//! `--pki-out` its PKI.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use crate::catalog::{self, Selector};
 use crate::pipeline::Identities;
 use crate::restore::{self, RestoreOptions};
 use crate::storage::Storage;
-use crate::vconfig;
+use crate::{pki, vconfig};
 
 pub enum RestoreConfig {
     /// `--if-missing` and the target is there (an init container's every
@@ -25,6 +26,8 @@ pub struct WriteConfig {
     pub identities: Option<Identities>,
     pub options: RestoreOptions,
     pub config_out: Option<PathBuf>,
+    /// `--pki-out`: the directory the PKI goes to.
+    pub pki_out: Option<PathBuf>,
     pub up_to_gap: bool,
     pub storage: Box<dyn Storage>,
 }
@@ -35,6 +38,7 @@ pub async fn run(config: RestoreConfig) -> Result<()> {
         identities,
         options,
         config_out,
+        pki_out,
         up_to_gap,
         storage,
     } = match config {
@@ -53,6 +57,14 @@ pub async fn run(config: RestoreConfig) -> Result<()> {
         }
         None => None,
     };
+    // Fetched first too: a backup without a PKI fails before anything is written.
+    let pki = match &pki_out {
+        Some(dir) => {
+            let wanted = format!("--pki-out {}", dir.display());
+            Some(pki::fetch_saved(storage, &chain.base, identities.as_ref(), &wanted).await?)
+        }
+        None => None,
+    };
     let chain = restore::restore(storage, chain, identities, &options).await?;
     eprintln!("restored {} to {}", chain.describe(), options.to.display());
     if let Some(gap) = chain.gap() {
@@ -67,6 +79,15 @@ pub async fn run(config: RestoreConfig) -> Result<()> {
             "wrote the vCluster config of {} to {}",
             chain.base.name,
             path.display()
+        );
+    }
+    if let (Some(dir), Some(pki)) = (&pki_out, pki) {
+        pki::write_dir(&pki, dir, options.force)?;
+        eprintln!(
+            "wrote the PKI of {} ({} files) to {}",
+            chain.base.name,
+            pki.files.len(),
+            dir.display()
         );
     }
     Ok(())

@@ -82,6 +82,8 @@ pub struct Metrics {
     standby: IntGauge,
     /// `run --incremental-interval`.
     pub continuous: continuous::ContinuousMetrics,
+    /// The PKI's expiry.
+    pub pki: pki::PkiMetrics,
 }
 
 impl Metrics {
@@ -206,6 +208,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(standby.clone()))?;
         let continuous = continuous::ContinuousMetrics::new(&registry)?;
+        let pki = pki::PkiMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             verifications,
@@ -224,6 +227,7 @@ impl Metrics {
             schedule_interval,
             standby,
             continuous,
+            pki,
         })
     }
 
@@ -247,6 +251,7 @@ impl Metrics {
         self.last_size
             .with_label_values(&["stored"])
             .set(manifest.sealed.stored_size as f64);
+        self.pki.record(manifest.pki.as_ref());
     }
 
     /// Something failed at `stage`. A retention failure follows a stored
@@ -330,6 +335,7 @@ impl Metrics {
 
 pub mod continuous;
 pub mod fleet;
+pub mod pki;
 #[cfg(target_os = "linux")]
 mod process;
 

@@ -2,9 +2,10 @@
 //!
 //! A drill reads a backup back and checks it as a restore would, without
 //! restoring: the stored bytes against the manifest; with the key, the
-//! plaintext, the database and the saved vCluster config too. Each drill
-//! leaves a record beside the backup (`records`), named with its time, mode
-//! and result, so `list` and `fleet` show it from a listing.
+//! plaintext, the database, the saved vCluster config and the PKI too
+//! (`pki::drill`). Each drill leaves a record beside the backup (`records`),
+//! named with its time, mode and result, so `list` and `fleet` show it from a
+//! listing.
 
 pub mod chain;
 mod checks;
@@ -150,6 +151,11 @@ pub async fn drill(
     }
     if let Some(saved) = &manifest.config {
         checks.extend(config(storage, manifest, saved, mode, identities.as_deref()).await?);
+    }
+    if let Some(saved) = &manifest.pki {
+        let full = mode == Mode::Full;
+        let found = crate::pki::drill(storage, saved, full, identities.as_deref()).await?;
+        checks.extend(found.into_iter().map(Into::into));
     }
     let ok = checks.iter().all(|c| c.ok);
     Ok(Report {

@@ -8,6 +8,8 @@
 //! - [`writer`]: a kine-shaped writer, the prefix check of a restore, and a
 //!   step repeated on a thread;
 //! - [`http`]: free ports, plain HTTP GETs, the one `wait_for`, Prometheus samples;
+//! - [`pki`]: a vCluster PKI made by openssl, broken one way at a time, and
+//!   the API discovery kubectl needs to read a manifest;
 //! - [`etcd`]: etcd members and clusters on loopback, with certificates,
 //!   restarted or restored from a snapshot;
 //! - [`s3`]: S3 servers: s3s-fs, a fault-injecting proxy, an EKS Pod Identity
@@ -22,6 +24,7 @@ pub mod daemon;
 pub mod etcd;
 pub mod http;
 pub mod kine;
+pub mod pki;
 pub mod s3;
 pub mod tools;
 pub mod writer;
