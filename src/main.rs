@@ -25,6 +25,7 @@ mod lock;
 mod manifest;
 mod metrics;
 mod pipeline;
+mod plaintext;
 mod records;
 mod restore;
 mod retention;

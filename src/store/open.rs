@@ -1,6 +1,6 @@
 //! Which store a `--source` names, and opening it: the one place that
-//! constructs a store (`SourceConfig::open` for a live one, `key_values` and
-//! `backup_kind` for a decrypted backup).
+//! constructs a store (`SourceConfig::open` for a live one, `key_values` for
+//! a decrypted backup, `identify` for a downloaded file without its manifest).
 
 use std::path::{Path, PathBuf};
 
@@ -141,22 +141,22 @@ impl std::fmt::Display for SourceSpec {
     }
 }
 
-/// Opens the decrypted, decompressed backup at `path` as key/value pairs:
-/// kine's SQLite database or an etcd snapshot, told apart by their first
-/// bytes. `scratch` is a private directory for working files (an etcd snapshot
-/// needs a sorted index of its keys). `path` must be a private copy: for kine
-/// an index on `name` is added if the database lacks one.
-pub fn key_values(path: &Path, scratch: &Path) -> Result<KeyValues> {
-    let kind = backup_kind(path)?;
+/// Opens the decrypted, decompressed backup at `path`, of `kind` (as its
+/// manifest records), as key/value pairs. `scratch` is a private directory
+/// for working files (an etcd snapshot needs a sorted index of its keys).
+/// `path` must be a private copy: for kine an index on `name` is added if the
+/// database lacks one.
+pub fn key_values(path: &Path, kind: SourceKind, scratch: &Path) -> Result<KeyValues> {
     let pages: Box<dyn Pages> = match kind {
         SourceKind::Sqlite => Box::new(KinePages::open(path)?),
         SourceKind::Etcd => Box::new(EtcdPages::open(path, scratch)?),
     };
-    Ok(KeyValues::new(kind, pages))
+    Ok(KeyValues::new(pages))
 }
 
-/// Which store a decrypted backup came from, by its first bytes.
-pub fn backup_kind(path: &Path) -> Result<SourceKind> {
+/// Which store a decrypted backup came from, by its first bytes: only for a
+/// downloaded file that came without its manifest.
+pub fn identify(path: &Path) -> Result<SourceKind> {
     let mut head = [0u8; 24];
     let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let n = read_up_to(&mut file, &mut head).with_context(|| format!("read {}", path.display()))?;

@@ -9,8 +9,6 @@
 
 use anyhow::Result;
 
-use crate::manifest::SourceKind;
-
 /// Most pairs, and about the most value bytes, one page holds.
 const PAGE_PAIRS: usize = 1024;
 const PAGE_BYTES: usize = 8 << 20;
@@ -32,7 +30,6 @@ pub trait Pages: Send {
 /// The pairs of one backup, in key order. Yields an error (then stops) if the
 /// backup turns out to be damaged part-way.
 pub struct KeyValues {
-    kind: SourceKind,
     pages: Box<dyn Pages>,
     page: std::vec::IntoIter<Pair>,
     last: Option<Vec<u8>>,
@@ -40,19 +37,14 @@ pub struct KeyValues {
 }
 
 impl KeyValues {
-    /// The pairs `pages` yields, from a backup of `kind` (see `open::key_values`).
-    pub fn new(kind: SourceKind, pages: Box<dyn Pages>) -> Self {
+    /// The pairs `pages` yields (see `open::key_values`).
+    pub fn new(pages: Box<dyn Pages>) -> Self {
         KeyValues {
-            kind,
             pages,
             page: Vec::new().into_iter(),
             last: None,
             done: false,
         }
-    }
-
-    pub fn kind(&self) -> SourceKind {
-        self.kind
     }
 }
 

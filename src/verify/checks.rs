@@ -1,18 +1,20 @@
 //! The blocking half of a drill: the object is read once, as a stream,
-//! through every check that needs its bytes. Only the checks that need random
-//! access (SQLite's integrity check, the bbolt walk) read the plaintext from
-//! a scratch file, in a private directory removed when the drill ends. What a
+//! through every check that needs its bytes, by the same decoding as a
+//! restore (`plaintext`). Only the checks that need random access (SQLite's
+//! integrity check, the bbolt walk) read the plaintext from a scratch file,
+//! in a private directory removed when the drill ends. What a
 //! store's own checks are is the store's (`store::kine::drill`, `store::etcd::drill`).
 
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use super::Check;
 use crate::manifest::{Manifest, SourceKind};
-use crate::pipeline::{CheckStored, Fingerprint, Hashing, Identities, check_sealed_format, unseal};
+use crate::pipeline::{CheckStored, Identities, check_sealed_format};
+use crate::plaintext::{Decode, Place, Recorded};
 use crate::store::Finding;
-use crate::store::etcd::drill::{StreamCheck, StreamVerdict};
-use anyhow::{Context, Result, anyhow, bail};
+use crate::store::etcd::drill::StreamCheck;
+use anyhow::{Context, Result, anyhow};
 
 const BUFFER: usize = 256 * 1024;
 
@@ -58,15 +60,9 @@ fn stored_verdict(result: Result<()>, manifest: &Manifest) -> Result<String> {
     }
 }
 
-/// What the plaintext stream showed on its way to the scratch file.
-struct Decoded {
-    fingerprint: Fingerprint,
-    /// What an etcd snapshot showed as it passed (its digest, its revision).
-    etcd: Option<StreamVerdict>,
-}
-
-/// Steps 1 to 4: the object decrypted and decompressed in one pass, then the
-/// database checked in `scratch`.
+/// Steps 1 to 4: the object decrypted and decompressed in one pass into a
+/// private scratch directory (`plaintext`, each verdict on its own), then
+/// the database checked there.
 pub(super) fn full(
     reader: impl Read + Send,
     manifest: &Manifest,
@@ -74,7 +70,6 @@ pub(super) fn full(
     scratch: &Path,
     checks: &mut Vec<Check>,
 ) -> Result<()> {
-    let what = manifest.name.as_str();
     let dir = tempfile::Builder::new()
         .prefix(".vcbackup-verify-")
         .tempdir_in(scratch)
@@ -84,19 +79,34 @@ pub(super) fn full(
                 scratch.display()
             )
         })?;
-    let path = dir.path().join("plaintext");
-    let mut input = CheckStored::new(reader, manifest.stored_fingerprint(), what);
-    let decoded = decode(&mut input, manifest, identities, &path);
-    let stored = Check::from("stored", stored_verdict(input.finish(), manifest));
+    let recorded = Recorded::from(manifest);
+    let decode = Decode {
+        what: &manifest.name,
+        recorded: Some(&recorded),
+        identities,
+        progress: false,
+    };
+    // An etcd snapshot's own digest and revision, seen as the plaintext passes.
+    let mut etcd = (manifest.kind == SourceKind::Etcd).then(StreamCheck::new);
+    let verdicts = decode.every_verdict(
+        reader,
+        Place::Scratch(dir.path().to_path_buf()),
+        &mut |data| {
+            if let Some(stream) = etcd.as_mut() {
+                stream.update(data);
+            }
+        },
+    );
+    let stored = Check::from("stored", stored_verdict(verdicts.stored, manifest));
     let stored_ok = stored.ok;
     checks.push(stored);
-    let decoded = match decoded {
-        Ok(decoded) => {
+    let plaintext = match verdicts.decoded {
+        Ok(plaintext) => {
             checks.push(Check::pass(
                 "decrypt",
                 "age authenticated every chunk, zstd's checksum matched",
             ));
-            decoded
+            plaintext
         }
         // Decoding damaged bytes fails as a consequence; `stored` says why.
         Err(_) if !stored_ok => {
@@ -111,14 +121,14 @@ pub(super) fn full(
             return Ok(());
         }
     };
-    let plaintext = &decoded.fingerprint;
+    let found = &plaintext.fingerprint;
     checks.push(
-        if plaintext.size == manifest.size && plaintext.sha256 == manifest.sha256 {
+        if found.size == manifest.size && found.sha256 == manifest.sha256 {
             Check::pass(
                 "plaintext",
                 format!(
                     "{} bytes, SHA-256 {} as in the manifest",
-                    plaintext.size, plaintext.sha256
+                    found.size, found.sha256
                 ),
             )
         } else {
@@ -126,69 +136,29 @@ pub(super) fn full(
                 "plaintext",
                 format!(
                     "{} bytes, SHA-256 {}; the manifest records {} bytes, SHA-256 {}",
-                    plaintext.size, plaintext.sha256, manifest.size, manifest.sha256
+                    found.size, found.sha256, manifest.size, manifest.sha256
                 ),
             )
         },
     );
-    match (manifest.kind, decoded.etcd) {
+    let file = plaintext.into_file()?;
+    match (manifest.kind, etcd) {
         (SourceKind::Sqlite, _) => checks.extend(
-            crate::store::kine::drill::check(&path, manifest.revision)
+            crate::store::kine::drill::check(file.path(), manifest.revision)
                 .into_iter()
                 .map(Into::into),
         ),
         (SourceKind::Etcd, Some(stream)) => checks.extend(
-            crate::store::etcd::drill::check(&path, manifest.revision, stream)
+            crate::store::etcd::drill::check(file.path(), manifest.revision, stream.finish())
                 .into_iter()
                 .map(Into::into),
         ),
         (SourceKind::Etcd, None) => {}
     }
+    drop(file);
     // Removes the scratch file and whatever SQLite made beside it.
     dir.close()
         .with_context(|| format!("remove the scratch directory in {}", scratch.display()))
-}
-
-fn decode(
-    input: &mut CheckStored<impl Read + Send>,
-    manifest: &Manifest,
-    identities: Option<&Identities>,
-    path: &Path,
-) -> Result<Decoded> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let what = manifest.name.as_str();
-    let mut plaintext = unseal(input, identities, what)?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create scratch file {}", path.display()))?;
-    let mut out = Hashing::new(BufWriter::with_capacity(BUFFER, file));
-    let mut etcd = (manifest.kind == SourceKind::Etcd).then(StreamCheck::new);
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        let n = match plaintext.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => bail!("read {what}: truncated or corrupt ({err})"),
-        };
-        out.write_all(&buf[..n])
-            .with_context(|| format!("write scratch file {}", path.display()))?;
-        if let Some(stream) = etcd.as_mut() {
-            stream.update(&buf[..n]);
-        }
-    }
-    let (fingerprint, writer) = out.finish();
-    writer
-        .into_inner()
-        .map_err(|err| err.into_error())
-        .with_context(|| format!("write scratch file {}", path.display()))?;
-    Ok(Decoded {
-        fingerprint,
-        etcd: etcd.map(StreamCheck::finish),
-    })
 }
 
 impl From<Finding> for Check {

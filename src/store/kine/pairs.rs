@@ -122,7 +122,7 @@ mod tests {
 
     fn pairs(path: &Path) -> Vec<(String, Vec<u8>)> {
         let scratch = tempfile::tempdir().unwrap();
-        key_values(path, scratch.path())
+        key_values(path, crate::manifest::SourceKind::Sqlite, scratch.path())
             .unwrap()
             .map(|p| {
                 let p = p.unwrap();
