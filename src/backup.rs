@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use chrono::{SubsecRound, Utc};
 
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Manifest, SealedObject};
 use crate::pipeline::{Fingerprint, Sealing};
 use crate::storage::{self, IncompleteBody, Storage, body_channel};
 use crate::store::Source;
@@ -159,7 +159,7 @@ pub async fn take_backup(
     let started = Utc::now().trunc_subsecs(3);
     let clock = Instant::now();
     let kind = source.kind();
-    let name = manifest::backup_name(
+    let name = crate::object::backup_name(
         vcluster,
         started,
         rand::random(),
@@ -202,12 +202,7 @@ pub async fn take_backup(
         kind,
         started,
         finished: Utc::now(),
-        size: plaintext.size,
-        sha256: plaintext.sha256,
-        stored_size: stored.size,
-        stored_sha256: stored.sha256,
-        compression: manifest::Compression::of(&sealing),
-        encryption: manifest::Encryption::of(&sealing),
+        sealed: SealedObject::of(&sealing, &plaintext, &stored),
         revision: facts.revision,
         semantic_revision,
         etcd: facts.etcd,
@@ -229,11 +224,11 @@ pub async fn take_backup(
     let seconds = clock.elapsed().as_secs_f64();
     tracing::info!(
         backup = %name,
-        size = manifest.size,
-        stored_size = manifest.stored_size,
+        size = manifest.sealed.size,
+        stored_size = manifest.sealed.stored_size,
         revision = manifest.revision,
         duration_seconds = format!("{seconds:.2}"),
-        throughput_mib_per_second = format!("{:.1}", manifest.size as f64 / 1048576.0 / seconds.max(1e-6)),
+        throughput_mib_per_second = format!("{:.1}", manifest.sealed.size as f64 / 1048576.0 / seconds.max(1e-6)),
         "backup complete"
     );
     Ok(manifest)

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::increment::{Chain, IncrementRef};
-use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_SUFFIX, Manifest, rfc3339};
+use crate::manifest::{MANIFEST_MAX_BYTES, Manifest, rfc3339};
+use crate::object::{MANIFEST_SUFFIX, Object};
 use crate::records::{self, Record};
 use crate::storage::{self, ObjectInfo, ObjectNotFound, Storage};
 
@@ -39,9 +40,7 @@ pub async fn read(storage: &dyn Storage) -> Result<Catalog> {
         .iter()
         .map(|o| o.key.as_str())
         .filter(|key| {
-            key.strip_suffix(MANIFEST_SUFFIX)
-                .is_some_and(|b| sizes.contains_key(b))
-                && !crate::increment::is_increment_manifest(key)
+            matches!(Object::parse(key), Some(Object::BackupManifest { backup }) if sizes.contains_key(backup.as_str()))
         })
         .collect();
     let fetched: Vec<Option<Manifest>> = stream::iter(manifest_keys)
@@ -66,7 +65,7 @@ pub async fn read(storage: &dyn Storage) -> Result<Catalog> {
     let mut backups: Vec<Manifest> = fetched.into_iter().flatten().collect();
     for m in &backups {
         // Still listed: restore's verification says what is wrong with it.
-        if sizes.get(m.name.as_str()) != Some(&m.stored_size) {
+        if sizes.get(m.name.as_str()) != Some(&m.sealed.stored_size) {
             tracing::warn!(backup = %m.name, "stored size differs from the manifest: the backup is damaged");
         }
     }
@@ -76,7 +75,7 @@ pub async fn read(storage: &dyn Storage) -> Result<Catalog> {
     let mut increments: Vec<IncrementRef> = objects
         .iter()
         .filter_map(|o| IncrementRef::parse(&o.key))
-        .filter(|i| sizes.contains_key(crate::manifest::manifest_key(&i.name).as_str()))
+        .filter(|i| sizes.contains_key(crate::object::manifest_key(&i.name).as_str()))
         .collect();
     increments.sort_by(|a, b| (a.captured, &a.name).cmp(&(b.captured, &b.name)));
     Ok(Catalog {

@@ -24,6 +24,7 @@ mod listing;
 mod lock;
 mod manifest;
 mod metrics;
+mod object;
 mod pipeline;
 mod plaintext;
 mod records;

@@ -8,35 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Fingerprint;
 
+pub use crate::object::SourceKind;
+
 pub const FORMAT_VERSION: u32 = 1;
-pub const MANIFEST_SUFFIX: &str = ".json";
 /// A manifest is a few hundred bytes; anything far larger is not one of ours.
 pub const MANIFEST_MAX_BYTES: u64 = 1 << 20;
-
-/// What kind of backing store a backup came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// kine's SQLite database, copied page by page.
-    Sqlite,
-    /// An etcd snapshot, with etcd's trailing SHA-256.
-    Etcd,
-}
-
-impl SourceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Sqlite => "sqlite",
-            SourceKind::Etcd => "etcd",
-        }
-    }
-}
-
-impl std::fmt::Display for SourceKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Facts about an etcd snapshot, recorded for the operator.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,14 +44,9 @@ pub struct Manifest {
     pub kind: SourceKind,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
-    /// Plaintext (the database or snapshot file) size and SHA-256.
-    pub size: u64,
-    pub sha256: String,
-    /// What storage holds: compressed and, usually, encrypted.
-    pub stored_size: u64,
-    pub stored_sha256: String,
-    pub compression: Compression,
-    pub encryption: Option<Encryption>,
+    /// The plaintext is the database or snapshot file.
+    #[serde(flatten)]
+    pub sealed: SealedObject,
     /// The store's revision at the snapshot: the largest `kine.id`, or etcd's header revision.
     pub revision: Option<i64>,
     /// The newest change a user cares about, read just before the snapshot
@@ -89,6 +60,59 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<SavedConfig>,
     pub agent_version: String,
+}
+
+/// What both manifests record of the object they describe (a backup, an
+/// increment), flattened into each so the JSON stays as it always was: both
+/// ends' size and SHA-256, and how it was sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedObject {
+    /// The plaintext's size and SHA-256.
+    pub size: u64,
+    pub sha256: String,
+    /// What storage holds: compressed and, usually, encrypted.
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    pub compression: Compression,
+    pub encryption: Option<Encryption>,
+}
+
+impl SealedObject {
+    /// What sealing produced, as a manifest records it.
+    pub fn of(
+        sealing: &crate::pipeline::Sealing,
+        plaintext: &Fingerprint,
+        stored: &Fingerprint,
+    ) -> Self {
+        SealedObject {
+            size: plaintext.size,
+            sha256: plaintext.sha256.clone(),
+            stored_size: stored.size,
+            stored_sha256: stored.sha256.clone(),
+            compression: Compression::of(sealing),
+            encryption: Encryption::of(sealing),
+        }
+    }
+
+    /// What storage holds, as recorded: compared while the object streams back.
+    pub fn stored_fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.stored_size,
+            sha256: self.stored_sha256.clone(),
+        }
+    }
+
+    /// The plaintext, as recorded.
+    pub fn plaintext_fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.size,
+            sha256: self.sha256.clone(),
+        }
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
+    }
 }
 
 /// The newest change outside Leases, Events, `compact_rev_key*` and `gap-*`
@@ -147,99 +171,45 @@ pub struct Release {
     pub chart_version: String,
 }
 
-/// The name of the config object beside backup `backup_name`:
-/// `demo-…-sqlite.zst.age` → `demo-…-sqlite.config.yaml.zst.age`.
-pub fn config_name(backup_name: &str) -> String {
-    let (stem, sealed) = match backup_name.strip_suffix(".zst.age") {
-        Some(stem) => (stem, ".zst.age"),
-        None => (
-            backup_name.strip_suffix(".zst").unwrap_or(backup_name),
-            ".zst",
-        ),
-    };
-    format!("{stem}.config.yaml{sealed}")
-}
-
 impl Manifest {
-    /// What storage holds, as recorded: compared while the object streams back.
-    pub fn stored_fingerprint(&self) -> Fingerprint {
-        Fingerprint {
-            size: self.stored_size,
-            sha256: self.stored_sha256.clone(),
-        }
-    }
-
-    /// The plaintext (the database or snapshot file), as recorded.
-    pub fn plaintext_fingerprint(&self) -> Fingerprint {
-        Fingerprint {
-            size: self.size,
-            sha256: self.sha256.clone(),
-        }
-    }
-
     pub fn manifest_key(&self) -> String {
-        manifest_key(&self.name)
+        crate::object::manifest_key(&self.name)
     }
 
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        let mut json = serde_json::to_vec_pretty(self).context("encode manifest")?;
-        json.push(b'\n');
-        Ok(json)
+        to_json(self, "manifest")
     }
 
     pub fn from_json(data: &[u8], key: &str) -> Result<Self> {
-        let manifest: Manifest =
-            serde_json::from_slice(data).with_context(|| format!("read manifest {key}"))?;
-        if manifest.format_version > FORMAT_VERSION {
-            bail!(
-                "read manifest {key}: format version {} is newer than this vcbackup understands ({FORMAT_VERSION}); upgrade vcbackup",
-                manifest.format_version
-            );
-        }
-        Ok(manifest)
+        from_json(data, key, "manifest", FORMAT_VERSION, |m: &Manifest| {
+            m.format_version
+        })
     }
 }
 
-pub fn manifest_key(backup_name: &str) -> String {
-    format!("{backup_name}{MANIFEST_SUFFIX}")
+/// A manifest's JSON, as both kinds are written: pretty, one final newline.
+pub fn to_json(manifest: &impl Serialize, what: &str) -> Result<Vec<u8>> {
+    let mut json = serde_json::to_vec_pretty(manifest).with_context(|| format!("encode {what}"))?;
+    json.push(b'\n');
+    Ok(json)
 }
 
-/// The object name of a backup: `<vcluster>-<UTC time>-<writer>-<kind>.zst[.age]`.
-/// Fixed-width UTC timestamps make names sort by time. `writer` is random per
-/// backup: two agents under one name (HA replicas) starting in the same
-/// millisecond still pick different names, even on a server without
-/// conditional writes.
-pub fn backup_name(
-    vcluster: &str,
-    started: DateTime<Utc>,
-    writer: u32,
-    kind: SourceKind,
-    encrypted: bool,
-) -> String {
-    let stamp = started.format(crate::records::STAMP);
-    let suffix = if encrypted { ".zst.age" } else { ".zst" };
-    format!("{vcluster}-{stamp}-{writer:08x}-{kind}{suffix}")
-}
-
-/// The start time and kind a backup's object name carries (see [`backup_name`]);
-/// `None` for any other object.
-pub fn parse_backup_name(name: &str) -> Option<(DateTime<Utc>, SourceKind)> {
-    let stem = name
-        .strip_suffix(".zst.age")
-        .or_else(|| name.strip_suffix(".zst"))?;
-    // The virtual cluster's name may hold `-`: read from the right.
-    let (rest, kind) = stem.rsplit_once('-')?;
-    let kind = match kind {
-        "sqlite" => SourceKind::Sqlite,
-        "etcd" => SourceKind::Etcd,
-        _ => return None,
-    };
-    let (rest, writer) = rest.rsplit_once('-')?;
-    if writer.len() != 8 || !writer.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
+/// Reads a manifest of either kind, refusing a format newer than `understood`.
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    data: &[u8],
+    key: &str,
+    what: &str,
+    understood: u32,
+    version: impl Fn(&T) -> u32,
+) -> Result<T> {
+    let manifest: T = serde_json::from_slice(data).with_context(|| format!("read {what} {key}"))?;
+    if version(&manifest) > understood {
+        bail!(
+            "read {what} {key}: format version {} is newer than this vcbackup understands ({understood}); upgrade vcbackup",
+            version(&manifest)
+        );
     }
-    let (_, stamp) = rest.rsplit_once('-')?;
-    Some((crate::records::parse_stamp(stamp)?, kind))
+    Ok(manifest)
 }
 
 pub fn rfc3339(time: DateTime<Utc>) -> String {
@@ -249,32 +219,6 @@ pub fn rfc3339(time: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn names_sort_by_time_and_say_what_they_are() {
-        let early = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        let late = Utc.with_ymd_and_hms(2026, 11, 2, 3, 4, 5).unwrap();
-        let a = backup_name("demo", early, 0xffff_ffff, SourceKind::Sqlite, true);
-        let b = backup_name("demo", late, 0, SourceKind::Etcd, false);
-        assert_eq!(a, "demo-20260102T030405.000Z-ffffffff-sqlite.zst.age");
-        assert_eq!(b, "demo-20261102T030405.000Z-00000000-etcd.zst");
-        assert!(a < b);
-        assert_eq!(parse_backup_name(&a), Some((early, SourceKind::Sqlite)));
-        assert_eq!(parse_backup_name(&b), Some((late, SourceKind::Etcd)));
-        assert_eq!(parse_backup_name(&config_name(&a)), None);
-        assert_eq!(parse_backup_name(&format!("{a}.json")), None);
-        let twin = backup_name("demo", early, 1, SourceKind::Sqlite, true);
-        assert_ne!(a, twin, "two writers in one millisecond");
-        assert_eq!(
-            config_name(&a),
-            "demo-20260102T030405.000Z-ffffffff-sqlite.config.yaml.zst.age"
-        );
-        assert_eq!(
-            config_name(&b),
-            "demo-20261102T030405.000Z-00000000-etcd.config.yaml.zst"
-        );
-    }
 
     #[test]
     fn manifests_without_a_config_still_read() {
@@ -287,5 +231,42 @@ mod tests {
         assert_eq!(manifest.config, None);
         let json = String::from_utf8(manifest.to_json().unwrap()).unwrap();
         assert!(!json.contains("config"), "{json}");
+    }
+
+    /// The flattened `SealedObject` keeps every field where it always was.
+    #[test]
+    fn a_manifest_writes_its_fields_in_the_order_it_always_did() {
+        let json = r#"{
+  "format_version": 1,
+  "name": "demo-20260102T030405.000Z-0000abcd-sqlite.zst.age",
+  "vcluster": "demo",
+  "kind": "sqlite",
+  "started": "2026-01-02T03:04:05Z",
+  "finished": "2026-01-02T03:04:06Z",
+  "size": 4096,
+  "sha256": "aa",
+  "stored_size": 512,
+  "stored_sha256": "bb",
+  "compression": {
+    "algorithm": "zstd",
+    "level": 3
+  },
+  "encryption": {
+    "algorithm": "age",
+    "recipients": [
+      "age1x"
+    ]
+  },
+  "revision": 5,
+  "agent_version": "0.1.0"
+}
+"#;
+        let manifest = Manifest::from_json(json.as_bytes(), "golden").unwrap();
+        assert_eq!(manifest.sealed.stored_fingerprint().size, 512);
+        assert!(manifest.sealed.is_encrypted());
+        assert_eq!(
+            String::from_utf8(manifest.to_json().unwrap()).unwrap(),
+            json
+        );
     }
 }

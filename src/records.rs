@@ -1,123 +1,21 @@
 //! Small records kept beside a backup, named so that a listing alone says
 //! what they hold: `fleet` and `list` read them without a GET.
 //!
-//! - `<backup>.verify-<time>-<mode>-<result>.json`: one restore drill
-//!   (`vcbackup verify`, `run --verify-after-upload`).
-//! - `<backup>.unchanged-<time>.json`: the store was checked at `<time>` and
-//!   had not changed since `<backup>` (`run --skip-unchanged`).
+//! - a drill record: one restore drill (`vcbackup verify`,
+//!   `run --verify-after-upload`);
+//! - an unchanged record: the store was checked at its time and had not
+//!   changed since the backup (`run --skip-unchanged`).
+//!
+//! Their names are made and read in `object`.
 //!
 //! Storage never overwrites an object, so every record gets its own key (its
 //! time, to the millisecond); the writer deletes the older records it
 //! replaces after the new one is stored, so one always exists. Retention
 //! deletes a backup's records with it.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 
-/// The time format of backup names and records: fixed width, sorts as text.
-pub const STAMP: &str = "%Y%m%dT%H%M%S%.3fZ";
-const VERIFY: &str = ".verify-";
-const UNCHANGED: &str = ".unchanged-";
-const SUFFIX: &str = ".json";
-
-/// How much of a backup a drill could check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Decrypted and decompressed, the database itself checked.
-    Full,
-    /// Without the private key: the stored bytes and the object's format only.
-    Keyless,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::Keyless => "keyless",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "full" => Some(Mode::Full),
-            "keyless" => Some(Mode::Keyless),
-            _ => None,
-        }
-    }
-}
-
-/// What a record says, read from its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    Verify { mode: Mode, ok: bool },
-    Unchanged,
-}
-
-/// One record beside a backup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub key: String,
-    pub backup: String,
-    pub time: DateTime<Utc>,
-    pub kind: Kind,
-}
-
-impl Record {
-    /// Reads a record from its key; `None` for any other object.
-    pub fn parse(key: &str) -> Option<Record> {
-        let stem = key.strip_suffix(SUFFIX)?;
-        if let Some((backup, rest)) = stem.rsplit_once(VERIFY) {
-            // `<time>-<mode>-<result>`: the time holds no `-`.
-            let mut parts = rest.splitn(3, '-');
-            let time = parse_stamp(parts.next()?)?;
-            let mode = Mode::parse(parts.next()?)?;
-            let ok = match parts.next()? {
-                "ok" => true,
-                "failed" => false,
-                _ => return None,
-            };
-            return Some(Record {
-                key: key.to_string(),
-                backup: backup.to_string(),
-                time,
-                kind: Kind::Verify { mode, ok },
-            });
-        }
-        let (backup, time) = stem.rsplit_once(UNCHANGED)?;
-        Some(Record {
-            key: key.to_string(),
-            backup: backup.to_string(),
-            time: parse_stamp(time)?,
-            kind: Kind::Unchanged,
-        })
-    }
-
-    pub fn verify_ok(&self) -> Option<bool> {
-        match self.kind {
-            Kind::Verify { ok, .. } => Some(ok),
-            Kind::Unchanged => None,
-        }
-    }
-}
-
-pub fn verify_key(backup: &str, time: DateTime<Utc>, mode: Mode, ok: bool) -> String {
-    let result = if ok { "ok" } else { "failed" };
-    format!(
-        "{backup}{VERIFY}{}-{}-{result}{SUFFIX}",
-        time.format(STAMP),
-        mode.as_str()
-    )
-}
-
-pub fn unchanged_key(backup: &str, time: DateTime<Utc>) -> String {
-    format!("{backup}{UNCHANGED}{}{SUFFIX}", time.format(STAMP))
-}
-
-pub fn parse_stamp(text: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(text, STAMP)
-        .ok()
-        .map(|t| t.and_utc())
-}
+pub use crate::object::{Kind, Mode, Record, STAMP};
 
 /// The records among `keys`, oldest first.
 pub fn records<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<Record> {
@@ -198,6 +96,7 @@ pub fn check_body(record: &Record, body: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::object::verify_key;
     use chrono::TimeZone;
 
     #[test]

@@ -201,7 +201,7 @@ async fn delete_increments(
     present: &HashSet<&str>,
 ) -> anyhow::Result<()> {
     for name in names {
-        let manifest = crate::manifest::manifest_key(name);
+        let manifest = crate::object::manifest_key(name);
         if present.contains(manifest.as_str()) {
             storage.delete(&manifest).await?;
         }

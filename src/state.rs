@@ -159,8 +159,8 @@ impl State {
             s.last_success = Some(Success {
                 time: manifest.finished,
                 backup: manifest.name.clone(),
-                size: manifest.size,
-                stored_size: manifest.stored_size,
+                size: manifest.sealed.size,
+                stored_size: manifest.sealed.stored_size,
                 duration_seconds: seconds,
             });
         });
@@ -225,8 +225,8 @@ impl State {
                 name: m.name.clone(),
                 created: m.started,
                 kind: m.kind,
-                size: m.size,
-                stored_size: m.stored_size,
+                size: m.sealed.size,
+                stored_size: m.sealed.stored_size,
             })
             .collect();
         self.update(|s| s.recent_backups = recent);

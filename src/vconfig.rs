@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::manifest::{Manifest, Release, SavedConfig, config_name};
-use crate::pipeline::{Hashing, Identities, Sealing, unseal};
+use crate::manifest::{Manifest, Release, SavedConfig};
+use crate::object::config_name;
+use crate::pipeline::{Fingerprint, Hashing, Identities, Sealing, unseal};
 use crate::storage::{self, Storage};
 
 /// A saved config is a Helm values file; a Kubernetes secret holds at most 1 MiB.
@@ -211,14 +212,10 @@ pub fn open_config(
     std::io::copy(&mut plaintext, &mut yaml)
         .map_err(|err| anyhow!("read {what}: truncated or corrupt ({err})"))?;
     let (fingerprint, yaml) = yaml.finish();
-    if fingerprint.sha256 != saved.sha256 || fingerprint.size != saved.size {
-        bail!(
-            "verify {what}: the config (SHA-256 {}, {} bytes) does not match its manifest (SHA-256 {}, {} bytes)",
-            fingerprint.sha256,
-            fingerprint.size,
-            saved.sha256,
-            saved.size
-        );
-    }
+    let recorded = Fingerprint {
+        size: saved.size,
+        sha256: saved.sha256.clone(),
+    };
+    fingerprint.check_recorded(&recorded, what, "the config")?;
     Ok(yaml)
 }

@@ -98,7 +98,7 @@ fn on_s3_a_gap_is_refused_the_drill_fails_and_a_forged_record_does_not_count() {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let forged = folder(&server).join(format!("{backup}.verify-{stamp}-full-ok.json"));
     std::fs::write(&forged, b"{}").unwrap();
-    let out = scene.run(&[
+    let list_json = [
         "list",
         "-o",
         "json",
@@ -106,7 +106,8 @@ fn on_s3_a_gap_is_refused_the_drill_fails_and_a_forged_record_does_not_count() {
         "demo",
         "--destination",
         &dest,
-    ]);
+    ];
+    let out = scene.run(&list_json);
     assert!(out.status.success(), "{out:?}");
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["name"], backup.as_str(), "{list}");
@@ -158,15 +159,7 @@ fn on_s3_a_gap_is_refused_the_drill_fails_and_a_forged_record_does_not_count() {
         .collect();
     assert_eq!(records.len(), 1, "{records:?}");
     assert!(records[0].ends_with("-full-failed.json"), "{records:?}");
-    let list = scene.ok(&[
-        "list",
-        "-o",
-        "json",
-        "--name",
-        "demo",
-        "--destination",
-        &dest,
-    ]);
+    let list = scene.ok(&list_json);
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list[0]["verify"]["result"], "failed", "{list}");
     let out = scene.run(&["fleet", "-o", "json", "--destination", &dest]);

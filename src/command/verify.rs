@@ -81,7 +81,7 @@ impl Drills<'_> {
         }
         for manifest in chosen {
             // An unencrypted backup needs no key for the whole drill.
-            let mode = if self.identities.is_some() || manifest.encryption.is_none() {
+            let mode = if self.identities.is_some() || !manifest.sealed.is_encrypted() {
                 Mode::Full
             } else {
                 Mode::Keyless
@@ -96,7 +96,7 @@ impl Drills<'_> {
             .await?;
             // The increments a restore would apply are part of what the record vouches for.
             let chain = crate::increment::Chain::assemble(manifest, &catalog.increments, None);
-            let encrypted = manifest.encryption.is_some();
+            let encrypted = manifest.sealed.is_encrypted();
             let chain =
                 verify::chain::check(self.storage, &chain, self.identities.clone(), encrypted)
                     .await?;

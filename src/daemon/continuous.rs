@@ -186,13 +186,13 @@ impl Continuous {
                 match shipped {
                     Ok(manifest) => {
                         chain.head.shipped = manifest.last_revision;
-                        metrics.record_shipped(manifest.captured, manifest.stored_size);
+                        metrics.record_shipped(manifest.captured, manifest.sealed.stored_size);
                         tracing::info!(
                             increment = %manifest.name,
                             first_revision = manifest.first_revision,
                             last_revision = manifest.last_revision,
                             changes = manifest.count,
-                            stored_size = manifest.stored_size,
+                            stored_size = manifest.sealed.stored_size,
                             "increment shipped"
                         );
                     }

@@ -12,7 +12,7 @@ use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 
 use crate::lock::lock;
 use crate::manifest::{Manifest, SemanticRevision};
-use crate::records::{self, Kind, Record};
+use crate::records::{Kind, Record};
 use crate::state::State;
 use crate::storage::{self, Storage};
 use crate::store::Source;
@@ -142,7 +142,7 @@ impl SkipUnchanged {
         checked: DateTime<Utc>,
         storage: &dyn Storage,
     ) -> Result<()> {
-        let key = records::unchanged_key(&newest.name, checked);
+        let key = crate::object::unchanged_key(&newest.name, checked);
         let body = serde_json::to_vec_pretty(&serde_json::json!({
             "backup": newest.name,
             "checked": crate::manifest::rfc3339(checked),

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use crate::increment::IncrementRef;
 use crate::listing::age;
-use crate::manifest::{MANIFEST_SUFFIX, parse_backup_name, rfc3339};
+use crate::manifest::rfc3339;
+use crate::object::{Object, manifest_key};
 use crate::records::{self, Kind, Mode};
 use crate::storage::{Destination, ObjectInfo};
 
@@ -132,13 +133,14 @@ pub fn summarize(
     // A backup counts once both it and its manifest are listed, as for `list`.
     let mut backups: Vec<Newest> = objects
         .iter()
-        .filter(|o| keys.contains(format!("{}{MANIFEST_SUFFIX}", o.key).as_str()))
-        .filter_map(|o| {
-            parse_backup_name(&o.key).map(|(started, _)| Newest {
-                name: o.key.clone(),
+        .filter(|o| keys.contains(manifest_key(&o.key).as_str()))
+        .filter_map(|o| match Object::parse(&o.key)? {
+            Object::Backup { name, started, .. } => Some(Newest {
+                name,
                 started,
                 stored_size: o.size,
-            })
+            }),
+            _ => None,
         })
         .collect();
     backups.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| b.name.cmp(&a.name)));
@@ -154,7 +156,7 @@ pub fn summarize(
         .iter()
         .filter_map(|o| IncrementRef::parse(&o.key))
         .filter(|i| listed.contains(i.base.as_str()))
-        .filter(|i| keys.contains(format!("{}{MANIFEST_SUFFIX}", i.name).as_str()))
+        .filter(|i| keys.contains(manifest_key(&i.name).as_str()))
         .map(|i| i.captured)
         .max();
     let current_since = newest.as_ref().map(|n| {
@@ -292,8 +294,9 @@ pub fn table(clusters: &[Cluster], now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{SourceKind, backup_name};
-    use crate::records::verify_key;
+    use crate::manifest::SourceKind;
+    use crate::object::backup_name;
+    use crate::object::verify_key;
 
     fn object(key: String, size: u64) -> ObjectInfo {
         ObjectInfo {

@@ -28,7 +28,7 @@ pub async fn manifest(
     storage: &dyn Storage,
     increment: &IncrementRef,
 ) -> Result<IncrementManifest> {
-    let key = crate::manifest::manifest_key(&increment.name);
+    let key = crate::object::manifest_key(&increment.name);
     let data = storage::get_bytes(storage, &key, MANIFEST_MAX_BYTES).await?;
     let manifest = IncrementManifest::from_json(&data, &key)?;
     if manifest.name != increment.name
@@ -81,7 +81,7 @@ pub fn read_checked<T>(
     use_lines: impl FnOnce(&mut dyn BufRead) -> Result<T>,
 ) -> Result<T> {
     let what = &manifest.name;
-    let mut input = CheckStored::new(reader, manifest.stored_fingerprint(), what);
+    let mut input = CheckStored::new(reader, manifest.sealed.stored_fingerprint(), what);
     let used = {
         let plaintext = unseal(&mut input, identities, what)?;
         let mut hashing = Hashing::new(plaintext);
@@ -99,15 +99,11 @@ pub fn read_checked<T>(
         };
         let (plain, _) = hashing.finish();
         used.and_then(|used| {
-            if plain.size != manifest.size || !plain.sha256.eq_ignore_ascii_case(&manifest.sha256) {
-                bail!(
-                    "verify {what}: the increment ({} bytes, SHA-256 {}) does not match its manifest ({} bytes, SHA-256 {})",
-                    plain.size,
-                    plain.sha256,
-                    manifest.size,
-                    manifest.sha256
-                );
-            }
+            plain.check_recorded(
+                &manifest.sealed.plaintext_fingerprint(),
+                what,
+                "the increment",
+            )?;
             Ok(used)
         })
     };

@@ -20,15 +20,14 @@ pub mod feed;
 pub mod format;
 pub mod ship;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Compression, Encryption, MANIFEST_SUFFIX, Manifest, SourceKind};
-use crate::pipeline::Fingerprint;
+use crate::manifest::{self, Manifest, SealedObject, SourceKind};
+pub use crate::object::{IncrementRef, increment_name};
 
 pub const FORMAT_VERSION: u32 = 1;
-const MARK: &str = ".incr-";
 
 /// The contract between shipping an increment and applying it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,124 +50,30 @@ pub struct IncrementManifest {
     pub compact_revision: i64,
     /// kine rows or etcd events.
     pub count: u64,
-    /// Plaintext size and SHA-256.
-    pub size: u64,
-    pub sha256: String,
-    pub stored_size: u64,
-    pub stored_sha256: String,
-    pub compression: Compression,
-    pub encryption: Option<Encryption>,
+    /// The plaintext is the JSON lines of its changes.
+    #[serde(flatten)]
+    pub sealed: SealedObject,
     pub agent_version: String,
 }
 
 impl IncrementManifest {
-    /// What storage holds, as recorded: compared while the increment streams back.
-    pub fn stored_fingerprint(&self) -> Fingerprint {
-        Fingerprint {
-            size: self.stored_size,
-            sha256: self.stored_sha256.clone(),
-        }
-    }
-
-    /// The plaintext JSON lines, as recorded.
-    pub fn plaintext_fingerprint(&self) -> Fingerprint {
-        Fingerprint {
-            size: self.size,
-            sha256: self.sha256.clone(),
-        }
-    }
-
     pub fn manifest_key(&self) -> String {
-        crate::manifest::manifest_key(&self.name)
+        crate::object::manifest_key(&self.name)
     }
 
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        let mut json = serde_json::to_vec_pretty(self).context("encode increment manifest")?;
-        json.push(b'\n');
-        Ok(json)
+        manifest::to_json(self, "increment manifest")
     }
 
     pub fn from_json(data: &[u8], key: &str) -> Result<Self> {
-        let manifest: IncrementManifest = serde_json::from_slice(data)
-            .with_context(|| format!("read increment manifest {key}"))?;
-        if manifest.format_version > FORMAT_VERSION {
-            bail!(
-                "read increment manifest {key}: format version {} is newer than this vcbackup understands ({FORMAT_VERSION}); upgrade vcbackup",
-                manifest.format_version
-            );
-        }
-        Ok(manifest)
+        manifest::from_json(
+            data,
+            key,
+            "increment manifest",
+            FORMAT_VERSION,
+            |m: &Self| m.format_version,
+        )
     }
-}
-
-/// An increment as its object name describes it: enough to assemble chains,
-/// apply retention and show freshness from a listing alone, without a GET.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncrementRef {
-    pub name: String,
-    pub base: String,
-    pub captured: DateTime<Utc>,
-    pub first_revision: i64,
-    pub last_revision: i64,
-}
-
-impl IncrementRef {
-    /// Reads an increment's object name; `None` for any other object (its
-    /// manifest included).
-    pub fn parse(name: &str) -> Option<IncrementRef> {
-        let (stem, sealed) = split_sealed(name);
-        if sealed.is_empty() {
-            return None;
-        }
-        let (base_stem, rest) = stem.rsplit_once(MARK)?;
-        // `<captured>-<first>-<last>-<writer>`: the time holds no `-`.
-        let mut parts = rest.splitn(4, '-');
-        let captured = crate::records::parse_stamp(parts.next()?)?;
-        let first_revision = parts.next()?.parse().ok()?;
-        let last_revision = parts.next()?.parse().ok()?;
-        let writer = parts.next()?;
-        if writer.len() != 8 || !writer.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let base = format!("{base_stem}{sealed}");
-        crate::manifest::parse_backup_name(&base)?;
-        Some(IncrementRef {
-            name: name.to_string(),
-            base,
-            captured,
-            first_revision,
-            last_revision,
-        })
-    }
-}
-
-/// The object name of an increment of `base` covering `first..=last`, read at `captured`:
-/// `<base stem>.incr-<captured>-<first>-<last>-<writer>.zst[.age]`.
-pub fn increment_name(
-    base: &str,
-    captured: DateTime<Utc>,
-    first: i64,
-    last: i64,
-    writer: u32,
-) -> String {
-    let (stem, sealed) = split_sealed(base);
-    let stamp = captured.format(crate::records::STAMP);
-    format!("{stem}{MARK}{stamp}-{first}-{last}-{writer:08x}{sealed}")
-}
-
-fn split_sealed(name: &str) -> (&str, &str) {
-    for sealed in [".zst.age", ".zst"] {
-        if let Some(stem) = name.strip_suffix(sealed) {
-            return (stem, sealed);
-        }
-    }
-    (name, "")
-}
-
-/// Whether `key` is an increment's manifest.
-pub fn is_increment_manifest(key: &str) -> bool {
-    key.strip_suffix(MANIFEST_SUFFIX)
-        .is_some_and(|name| IncrementRef::parse(name).is_some())
 }
 
 /// A base and the increments that apply to it, in order.
@@ -324,10 +229,15 @@ mod tests {
         assert_eq!(parsed.captured, at("2026-11-28T09:01:30.25Z"));
         assert_eq!((parsed.first_revision, parsed.last_revision), (101, 250));
         // Not a backup, a config or a record.
-        assert_eq!(crate::manifest::parse_backup_name(&name), None);
+        assert!(matches!(
+            crate::object::Object::parse(&name),
+            Some(crate::object::Object::Increment(_))
+        ));
         assert_eq!(crate::records::Record::parse(&name), None);
-        assert!(is_increment_manifest(&format!("{name}.json")));
-        assert!(!is_increment_manifest(&format!("{BASE}.json")));
+        assert!(matches!(
+            crate::object::Object::parse(&format!("{name}.json")),
+            Some(crate::object::Object::IncrementManifest(_))
+        ));
         assert_eq!(IncrementRef::parse(BASE), None);
         let plain = increment_name(
             "demo-20261128T090000.000Z-3f9c1a07-etcd.zst",
@@ -428,5 +338,40 @@ mod tests {
         ];
         let chain = Chain::assemble(&base(10), &later, Some(at("2026-11-28T09:02:30Z")));
         assert_eq!((ranges(&chain), chain.gap()), (vec![(11, 20)], None));
+    }
+
+    /// The flattened `SealedObject` keeps every field where it always was.
+    #[test]
+    fn an_increment_manifest_writes_its_fields_in_the_order_it_always_did() {
+        let json = r#"{
+  "format_version": 1,
+  "name": "n",
+  "base": "b",
+  "vcluster": "demo",
+  "kind": "etcd",
+  "captured": "2026-01-02T03:04:05Z",
+  "finished": "2026-01-02T03:04:06Z",
+  "first_revision": 10,
+  "last_revision": 12,
+  "compact_revision": 3,
+  "count": 2,
+  "size": 100,
+  "sha256": "aa",
+  "stored_size": 80,
+  "stored_sha256": "bb",
+  "compression": {
+    "algorithm": "zstd",
+    "level": 3
+  },
+  "encryption": null,
+  "agent_version": "0.1.0"
+}
+"#;
+        let manifest = IncrementManifest::from_json(json.as_bytes(), "golden").unwrap();
+        assert_eq!(manifest.sealed.plaintext_fingerprint().size, 100);
+        assert_eq!(
+            String::from_utf8(manifest.to_json().unwrap()).unwrap(),
+            json
+        );
     }
 }

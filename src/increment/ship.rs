@@ -12,14 +12,14 @@ use super::format::{Header, VERSION};
 use super::{FORMAT_VERSION, IncrementManifest, increment_name};
 use crate::backup::{BackupError, seal_and_store, store_manifest};
 use crate::lock::lock;
-use crate::manifest::{self, Manifest};
+use crate::manifest::{Manifest, SealedObject};
 use crate::pipeline::Sealing;
 use crate::storage::Storage;
 
 /// The chain being extended: its base and the revision shipped last.
 pub struct ChainHead {
     pub base: String,
-    pub kind: manifest::SourceKind,
+    pub kind: crate::manifest::SourceKind,
     pub shipped: i64,
 }
 
@@ -82,12 +82,7 @@ pub async fn ship(
         last_revision: last,
         compact_revision: compact,
         count: stored.facts,
-        size: stored.plaintext.size,
-        sha256: stored.plaintext.sha256,
-        stored_size: stored.stored.size,
-        stored_sha256: stored.stored.sha256,
-        compression: manifest::Compression::of(sealing),
-        encryption: manifest::Encryption::of(sealing),
+        sealed: SealedObject::of(sealing, &stored.plaintext, &stored.stored),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     // Without its manifest the increment is never applied: it goes too, and

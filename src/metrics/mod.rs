@@ -243,10 +243,10 @@ impl Metrics {
         self.duration.observe(seconds);
         self.last_size
             .with_label_values(&["source"])
-            .set(manifest.size as f64);
+            .set(manifest.sealed.size as f64);
         self.last_size
             .with_label_values(&["stored"])
-            .set(manifest.stored_size as f64);
+            .set(manifest.sealed.stored_size as f64);
     }
 
     /// Something failed at `stage`. A retention failure follows a stored

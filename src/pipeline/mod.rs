@@ -22,6 +22,24 @@ pub struct Fingerprint {
     pub sha256: String,
 }
 
+impl Fingerprint {
+    /// Checks decoded bytes against the manifest's record of them: `what`
+    /// names the object, `noun` its plaintext (the restored data, the
+    /// increment, the config).
+    pub fn check_recorded(&self, recorded: &Fingerprint, what: &str, noun: &str) -> Result<()> {
+        if self.size != recorded.size || !self.sha256.eq_ignore_ascii_case(&recorded.sha256) {
+            bail!(
+                "verify {what}: {noun} ({} bytes, SHA-256 {}) does not match its manifest ({} bytes, SHA-256 {})",
+                self.size,
+                self.sha256,
+                recorded.size,
+                recorded.sha256
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Counts and hashes what passes through, in either direction.
 pub struct Hashing<T> {
     inner: T,

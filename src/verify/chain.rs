@@ -84,7 +84,7 @@ async fn check_all(
         let reader = SyncIoBridge::new(storage.get(&manifest.name).await?);
         // `finish` reads to the end and names a mismatch; a read error is its own.
         tokio::task::spawn_blocking(move || {
-            CheckStored::new(reader, manifest.stored_fingerprint(), &manifest.name).finish()
+            CheckStored::new(reader, manifest.sealed.stored_fingerprint(), &manifest.name).finish()
         })
         .await??;
     }

@@ -24,10 +24,10 @@ pub(super) fn keyless(reader: impl Read, manifest: &Manifest, checks: &mut Vec<C
     let what = manifest.name.as_str();
     let mut input = BufReader::with_capacity(
         BUFFER,
-        CheckStored::new(reader, manifest.stored_fingerprint(), what),
+        CheckStored::new(reader, manifest.sealed.stored_fingerprint(), what),
     );
     let format = match input.fill_buf() {
-        Ok(head) => check_sealed_format(head, manifest.encryption.is_some()),
+        Ok(head) => check_sealed_format(head, manifest.sealed.is_encrypted()),
         Err(err) => Err(anyhow!("read the object's first bytes: {err}")),
     };
     // The verdict on the stored bytes comes from `finish`, whatever the drain said.
@@ -46,7 +46,7 @@ fn stored_verdict(result: Result<()>, manifest: &Manifest) -> Result<String> {
     match result {
         Ok(()) => Ok(format!(
             "{} bytes, SHA-256 {} as in the manifest",
-            manifest.stored_size, manifest.stored_sha256
+            manifest.sealed.stored_size, manifest.sealed.stored_sha256
         )),
         // The report names the backup already.
         Err(err) => {
@@ -123,7 +123,7 @@ pub(super) fn full(
     };
     let found = &plaintext.fingerprint;
     checks.push(
-        if found.size == manifest.size && found.sha256 == manifest.sha256 {
+        if found.size == manifest.sealed.size && found.sha256 == manifest.sealed.sha256 {
             Check::pass(
                 "plaintext",
                 format!(
@@ -136,7 +136,7 @@ pub(super) fn full(
                 "plaintext",
                 format!(
                     "{} bytes, SHA-256 {}; the manifest records {} bytes, SHA-256 {}",
-                    found.size, found.sha256, manifest.size, manifest.sha256
+                    found.size, found.sha256, manifest.sealed.size, manifest.sealed.sha256
                 ),
             )
         },

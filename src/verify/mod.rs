@@ -218,7 +218,7 @@ async fn config(
 /// the older records of the same backup and mode among `previous`: storage
 /// never overwrites, and a new record first means one always exists.
 pub async fn store(storage: &dyn Storage, report: &Report, previous: &[Record]) -> Result<String> {
-    let key = records::verify_key(&report.backup, report.time, report.mode, report.ok);
+    let key = crate::object::verify_key(&report.backup, report.time, report.mode, report.ok);
     let mut json = serde_json::to_vec_pretty(report).context("encode the verify record")?;
     json.push(b'\n');
     storage::put_bytes(storage, &key, json)
