@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use anyhow::{Context, Result, bail};
 
 const JOB_SIZE: u32 = 2 << 20;
+/// zstd's overlapLog: each job sees the last window >> (9 - OVERLAP_LOG) bytes of the one before.
+const OVERLAP_LOG: u32 = 4;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Compression {
@@ -39,6 +41,13 @@ impl Compression {
             // flight holds its input and output: smaller jobs keep a sidecar's memory low.
             encoder
                 .set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
+                .context("start compression")?;
+            // Each job first re-hashes the tail of the one before: by default
+            // an eighth of the window (256 KiB), 12 % of a 2 MiB job. A 64 KiB
+            // overlap cut zstd's instructions by 2.8 % (callgrind, 128 MiB kine
+            // database) for 0.03 % more output.
+            encoder
+                .set_parameter(zstd::stream::raw::CParameter::OverlapSizeLog(OVERLAP_LOG))
                 .context("start compression")?;
         }
         Ok(encoder)

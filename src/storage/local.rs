@@ -69,17 +69,14 @@ impl LocalStorage {
 }
 
 fn write_chunks(
-    mut file: std::fs::File,
+    file: std::fs::File,
     mut rx: tokio::sync::mpsc::Receiver<Option<Bytes>>,
 ) -> io::Result<()> {
-    use std::io::Write;
     let mut write_back = crate::background::WriteBack::beside_the_control_plane();
     loop {
         match rx.blocking_recv() {
-            Some(Some(chunk)) => {
-                file.write_all(&chunk)?;
-                write_back.wrote(&file, chunk.len())?;
-            }
+            // Window by window: a 1 MiB chunk at once would be 1 MiB for kine's fsync to queue behind.
+            Some(Some(chunk)) => write_back.write_all(&file, &chunk)?,
             Some(None) => break,
             None => return Err(io::Error::other("stopped before the end")),
         }
