@@ -95,12 +95,7 @@ mod tests {
     use super::*;
 
     fn pki(files: &[(&str, &[u8])]) -> Pki {
-        let mut pki = Pki::default();
-        for (path, data) in files {
-            pki.files
-                .insert(path.to_string(), Zeroizing::new(data.to_vec()));
-        }
-        pki
+        Pki::of(files)
     }
 
     #[test]

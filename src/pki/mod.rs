@@ -51,6 +51,19 @@ pub struct Pki {
     pub files: BTreeMap<String, Zeroizing<Vec<u8>>>,
 }
 
+#[cfg(test)]
+impl Pki {
+    /// A PKI of these files, for tests.
+    pub fn of(files: &[(&str, &[u8])]) -> Pki {
+        let mut pki = Pki::default();
+        for (path, data) in files {
+            pki.files
+                .insert(path.to_string(), Zeroizing::new(data.to_vec()));
+        }
+        pki
+    }
+}
+
 impl fmt::Debug for Pki {
     /// The paths only: a PKI's contents are never shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
